@@ -1,0 +1,259 @@
+"""Every setting of the kit, in one place.
+
+A `Config` has five sections: the model, the pretext task (random query patch
+detection), the data, and one training schedule each for pre-training and
+fine-tuning. Three presets fill them in:
+
+- ``paper``: the paper's settings exactly (ResNet-50, 6+6 layers, width 256,
+  N = 100, M = 10, ...); see ../shared/paper/reference-facts.md.
+- ``lite``: a small model that trains usefully on 2 CPU cores in minutes, on
+  the embedded data.
+- ``smoke``: toy sizes for the test suite.
+
+Any field can be overridden with a dotted ``section.field=value`` string, the
+same syntax the command line takes (``--set pretrain.lr=2e-4``).
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work; the message is one line for the user."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101
+    backbone_layer: str = "layer4"  # last CNN stage used (lite stops at layer3)
+    backbone_weights: str | None = None  # local file: torchvision, SwAV, DETR or UP-DETR format
+    frozen_cnn: bool = True  # pre-training: no CNN weight trains (the paper's frozen CNN)
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    pre_norm: bool = True  # the authors' release pre-trains with pre-norm
+    num_queries: int = 100  # N
+    num_classes: int = 91  # detection classes for fine-tuning (COCO ids), no-object added
+    aux_loss: bool = True
+
+
+@dataclass
+class PretextConfig:
+    num_patches: int = 10  # M
+    patch_size: int = 128  # query patches are resized to patch_size x patch_size
+    attention_mask: bool = True  # group mask in decoder self-attention
+    query_shuffle: bool = True  # the paper shuffles; the authors' release defaults to off
+    patch_dropout: float = 0.1
+    reconstruction: bool = True  # patch feature reconstruction loss
+    # 'crop': the CNN on the resized crop (the paper's way).
+    # 'roi': RoIAlign of the image's feature map over the patch box (lite deviation,
+    #        see ../shared/notes/lite-scale-findings.md).
+    patch_feature: str = "crop"
+    min_patch: int = 8  # patch sides drawn uniformly in [min_patch, side - min_patch] pixels
+
+
+@dataclass
+class LossConfig:
+    ce: float = 1.0
+    bbox: float = 5.0  # L1
+    giou: float = 2.0
+    rec: float = 1.0
+    eos_coef: float = 0.1  # no-object weight; pretext uses M/N when eos_from_groups
+    eos_from_groups: bool = True  # the paper's balance weight M/N (= 0.1 at M=10, N=100)
+    cost_class: float = 1.0
+    cost_bbox: float = 5.0
+    cost_giou: float = 2.0
+
+
+@dataclass
+class DataConfig:
+    # pretext images: shortest side drawn from pretext_scales, longest <= pretext_max_size
+    pretext_scales: tuple[int, ...] = tuple(range(320, 481, 16))
+    pretext_max_size: int = 600
+    # detection (DETR augmentation): multi-scale resize and random crop
+    scales: tuple[int, ...] = tuple(range(480, 801, 32))
+    max_size: int = 1333
+    crop_scales: tuple[int, ...] = (400, 500, 600)
+    crop_min_max: tuple[int, int] = (384, 600)
+    test_size: int = 800
+    # where the data is: 'embedded' builds the procedural set into cache_dir
+    pretext_root: str = "embedded"  # a folder tree of images, or 'embedded'
+    detection: str = "embedded"  # 'embedded' | 'coco' | 'voc'
+    detection_root: str = ""
+    cache_dir: str = ".cache/updetr_lite"
+    # embedded data sizes
+    embedded_image_size: int = 128
+    embedded_train: int = 1000
+    embedded_val: int = 300
+    embedded_unlabeled: int = 4000
+    embedded_seed: int = 0
+    num_workers: int = 2
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 60
+    lr: float = 1e-4
+    lr_backbone: float = 0.0  # 0: the CNN does not train (no gradient either)
+    weight_decay: float = 1e-4
+    clip_max_norm: float = 0.1
+    lr_drop: int = 40  # epoch at which lr is multiplied by 0.1
+    batch_size: int = 32  # global, split across processes
+    max_steps: int = 0  # > 0: stop after this many optimizer steps (smoke, lite)
+    eval_every: int = 1  # epochs
+    checkpoint_every: int = 10  # epochs; last.pth is written every epoch
+    amp: bool = False  # bf16 autocast
+    seed: int = 42
+
+
+@dataclass
+class Config:
+    name: str = "paper"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretext: PretextConfig = field(default_factory=PretextConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    pretrain: TrainConfig = field(default_factory=TrainConfig)
+    finetune: TrainConfig = field(
+        default_factory=lambda: TrainConfig(
+            epochs=150, lr=1e-4, lr_backbone=5e-5, lr_drop=100, batch_size=32
+        )
+    )
+
+    def validate(self) -> Config:
+        m, p = self.model, self.pretext
+        if m.backbone not in ("resnet18", "resnet34", "resnet50", "resnet101"):
+            raise ConfigError(
+                f"unknown backbone {m.backbone!r}: choose resnet18, resnet34, resnet50 or resnet101"
+            )
+        if m.backbone_layer not in ("layer3", "layer4"):
+            raise ConfigError(f"backbone_layer must be layer3 or layer4, not {m.backbone_layer!r}")
+        if p.num_patches < 1 or m.num_queries % p.num_patches:
+            raise ConfigError(
+                f"num_queries N={m.num_queries} must be divisible by num_patches M={p.num_patches}"
+            )
+        if p.patch_feature not in ("crop", "roi"):
+            raise ConfigError(f"patch_feature must be 'crop' or 'roi', not {p.patch_feature!r}")
+        if m.hidden_dim % m.nheads:
+            raise ConfigError(f"hidden_dim {m.hidden_dim} must be divisible by nheads {m.nheads}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Config:
+        kw = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                continue
+            sub = d[f.name]
+            if isinstance(sub, dict):
+                sub_cls = type(getattr(cls(), f.name))
+                names = {g.name: g for g in dataclasses.fields(sub_cls)}
+                unknown = set(sub) - set(names)
+                if unknown:
+                    raise ConfigError(f"unknown settings in {f.name}: {sorted(unknown)}")
+                sub = sub_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in sub.items()})
+            kw[f.name] = sub
+        return cls(**kw).validate()
+
+    def override(self, assignments: list[str]) -> Config:
+        """Apply ``section.field=value`` strings; values are Python literals or bare strings."""
+        d = self.to_dict()
+        for a in assignments:
+            key, sep, raw = a.partition("=")
+            section, _, name = key.strip().partition(".")
+            if not sep or section not in d or not isinstance(d[section], dict) or name not in d[section]:
+                raise ConfigError(f"cannot set {a!r}: expected section.field=value with a known field")
+            try:
+                value = ast.literal_eval(raw)
+            except (ValueError, SyntaxError):
+                value = raw
+            if raw in ("None", "null"):
+                value = None
+            d[section][name] = value
+        return Config.from_dict(d)
+
+
+def paper() -> Config:
+    """The paper's settings (reference-facts.md); pre-training on ImageNet, fine-tuning on VOC."""
+    return Config(
+        name="paper",
+        pretrain=TrainConfig(epochs=60, lr=1e-4, lr_backbone=0.0, lr_drop=40, batch_size=256),
+        finetune=TrainConfig(epochs=150, lr=1e-4, lr_backbone=5e-5, lr_drop=100, batch_size=32),
+        data=DataConfig(pretext_root="", detection="voc", detection_root="", num_workers=8),
+        model=ModelConfig(num_classes=21),  # VOC: 20 classes + background id 0 unused
+    ).validate()
+
+
+def lite() -> Config:
+    """Small enough to train in minutes on 2 CPU cores (see ../shared/notes/lite-scale-findings.md)."""
+    return Config(
+        name="lite",
+        model=ModelConfig(
+            backbone="resnet18",
+            backbone_layer="layer3",
+            hidden_dim=128,
+            nheads=8,
+            enc_layers=3,
+            dec_layers=3,
+            dim_feedforward=512,
+            num_queries=20,
+            num_classes=6,  # 5 shape classes, ids 1..5
+        ),
+        pretext=PretextConfig(num_patches=4, patch_size=64, patch_feature="roi", min_patch=12),
+        data=DataConfig(
+            pretext_scales=(128,),
+            pretext_max_size=128,
+            scales=(96, 112, 128),
+            max_size=160,
+            crop_scales=(96, 112),
+            crop_min_max=(80, 128),
+            test_size=128,
+        ),
+        pretrain=TrainConfig(
+            epochs=20, lr=5e-4, lr_backbone=0.0, lr_drop=10_000, batch_size=32, max_steps=2000
+        ),
+        finetune=TrainConfig(
+            epochs=40, lr=2e-4, lr_backbone=0.0, lr_drop=32, batch_size=32, max_steps=1000
+        ),
+    ).validate()
+
+
+def smoke() -> Config:
+    """Toy sizes for tests: seconds per run on a CPU."""
+    c = lite()
+    c.name = "smoke"
+    c.model = dataclasses.replace(
+        c.model, hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=64,
+        num_queries=8, dropout=0.0,
+    )
+    c.pretext = dataclasses.replace(c.pretext, num_patches=2, patch_size=32)
+    c.data = dataclasses.replace(
+        c.data, pretext_scales=(64,), pretext_max_size=64, scales=(48, 64), max_size=80,
+        crop_scales=(48,), crop_min_max=(40, 64), test_size=64, embedded_image_size=64,
+        embedded_train=16, embedded_val=8, embedded_unlabeled=16, num_workers=0,
+    )
+    c.pretrain = dataclasses.replace(c.pretrain, epochs=2, batch_size=4, max_steps=0, lr_drop=100)
+    c.finetune = dataclasses.replace(c.finetune, epochs=2, batch_size=4, max_steps=0, lr_drop=100)
+    return c.validate()
+
+
+PRESETS = {"paper": paper, "lite": lite, "smoke": smoke}
+
+
+def get_config(preset: str, overrides: list[str] | None = None) -> Config:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[preset]().override(overrides or [])
