@@ -111,6 +111,11 @@ class TrainConfig:
     checkpoint_every: int = 10  # epochs; last.pth is written every epoch
     amp: bool = False  # bf16 autocast
     seed: int = 42
+    # Lite deviation: run the frozen CNN once per image and train on its cached features
+    # (no image augmentation then). Needs lr_backbone == 0.
+    cache_features: bool = False
+    deterministic: bool = False  # torch.use_deterministic_algorithms, for exact resume tests
+    log_every: int = 10  # steps between JSON-lines log records
 
 
 @dataclass
@@ -223,10 +228,12 @@ def lite() -> Config:
             test_size=128,
         ),
         pretrain=TrainConfig(
-            epochs=20, lr=5e-4, lr_backbone=0.0, lr_drop=10_000, batch_size=32, max_steps=2000
+            epochs=20, lr=5e-4, lr_backbone=0.0, lr_drop=10_000, batch_size=32, max_steps=2000,
+            cache_features=True,
         ),
         finetune=TrainConfig(
-            epochs=40, lr=2e-4, lr_backbone=0.0, lr_drop=32, batch_size=32, max_steps=1000
+            epochs=40, lr=2e-4, lr_backbone=0.0, lr_drop=32, batch_size=32, max_steps=1000,
+            cache_features=True,
         ),
     ).validate()
 
