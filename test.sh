@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite. Installs what it needs (the venv, and Debian's chromium for
-# the browser test of the demo notebook when run as root with apt-get available).
+# The whole test suite. Installs what it needs: the venv, and Debian's chromium for
+# the browser test of the demo notebook (only as root, where apt-get is available).
 # Usage: bash test.sh [pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,5 +10,5 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
     || echo "[updetr-lite] could not install chromium: the browser test will report a skip"
 fi
-ruff check updetr_lite tests reproduce notebooks 2>/dev/null || ruff check updetr_lite tests
-exec python -m pytest -q "$@"
+ruff check .
+exec python -m pytest "$@"
