@@ -34,7 +34,9 @@ def _conda_pip_deps() -> dict[str, str]:
 
 def test_environment_yml_matches_pyproject():
     pip, conda = _pyproject_deps(), _conda_pip_deps()
-    assert set(pip) == set(conda), f"only pip: {set(pip) - set(conda)}, only conda: {set(conda) - set(pip)}"
+    assert set(pip) == set(conda), (
+        f"only pip: {set(pip) - set(conda)}, only conda: {set(conda) - set(pip)}"
+    )
     for name in pip:  # same pins
         assert pip[name] == conda[name], name
 

@@ -179,8 +179,15 @@ class Config:
         for a in assignments:
             key, sep, raw = a.partition("=")
             section, _, name = key.strip().partition(".")
-            if not sep or section not in d or not isinstance(d[section], dict) or name not in d[section]:
-                raise ConfigError(f"cannot set {a!r}: expected section.field=value with a known field")
+            if (
+                not sep
+                or section not in d
+                or not isinstance(d[section], dict)
+                or name not in d[section]
+            ):
+                raise ConfigError(
+                    f"cannot set {a!r}: expected section.field=value with a known field"
+                )
             try:
                 value = ast.literal_eval(raw)
             except (ValueError, SyntaxError):
@@ -228,11 +235,21 @@ def lite() -> Config:
             test_size=128,
         ),
         pretrain=TrainConfig(
-            epochs=20, lr=5e-4, lr_backbone=0.0, lr_drop=10_000, batch_size=32, max_steps=2000,
+            epochs=20,
+            lr=5e-4,
+            lr_backbone=0.0,
+            lr_drop=10_000,
+            batch_size=32,
+            max_steps=2000,
             cache_features=True,
         ),
         finetune=TrainConfig(
-            epochs=40, lr=2e-4, lr_backbone=0.0, lr_drop=32, batch_size=32, max_steps=1000,
+            epochs=40,
+            lr=2e-4,
+            lr_backbone=0.0,
+            lr_drop=32,
+            batch_size=32,
+            max_steps=1000,
             cache_features=True,
         ),
     ).validate()
@@ -243,14 +260,30 @@ def smoke() -> Config:
     c = lite()
     c.name = "smoke"
     c.model = dataclasses.replace(
-        c.model, hidden_dim=32, nheads=2, enc_layers=1, dec_layers=1, dim_feedforward=64,
-        num_queries=8, dropout=0.0,
+        c.model,
+        hidden_dim=32,
+        nheads=2,
+        enc_layers=1,
+        dec_layers=1,
+        dim_feedforward=64,
+        num_queries=8,
+        dropout=0.0,
     )
     c.pretext = dataclasses.replace(c.pretext, num_patches=2, patch_size=32)
     c.data = dataclasses.replace(
-        c.data, pretext_scales=(64,), pretext_max_size=64, scales=(48, 64), max_size=80,
-        crop_scales=(48,), crop_min_max=(40, 64), test_size=64, embedded_image_size=64,
-        embedded_train=16, embedded_val=8, embedded_unlabeled=16, num_workers=0,
+        c.data,
+        pretext_scales=(64,),
+        pretext_max_size=64,
+        scales=(48, 64),
+        max_size=80,
+        crop_scales=(48,),
+        crop_min_max=(40, 64),
+        test_size=64,
+        embedded_image_size=64,
+        embedded_train=16,
+        embedded_val=8,
+        embedded_unlabeled=16,
+        num_workers=0,
     )
     c.pretrain = dataclasses.replace(c.pretrain, epochs=2, batch_size=4, max_steps=0, lr_drop=100)
     c.finetune = dataclasses.replace(c.finetune, epochs=2, batch_size=4, max_steps=0, lr_drop=100)

@@ -1,0 +1,92 @@
+"""The frozen-CNN fast path: the CNN as a pure inference function.
+
+When no CNN weight trains (the paper's frozen CNN during pre-training, or
+``lr_backbone == 0``), the CNN needs no autograd graph and its frozen BatchNorm is an
+affine map that folds into the convolution before it. This module builds that folded
+copy, in channels_last memory format, run under ``torch.no_grad`` and, where the CPU
+has bf16 instructions (or on CUDA), under bf16 autocast. ``tests/test_fastpath.py``
+states how close it stays to the plain fp32 path.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
+from torchvision.ops import FrozenBatchNorm2d
+
+_BATCH_NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    """True where bf16 autocast is fast: CUDA with bf16, or a CPU with AVX-512 BF16 / AMX."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    cpu = torch.cpu
+    return bool(
+        getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+        or getattr(cpu, "_is_amx_tile_supported", lambda: False)()
+    )
+
+
+def _fold(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
+    fused = copy.deepcopy(conv)
+    weight, bias = fuse_conv_bn_weights(
+        conv.weight, conv.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+    )
+    fused.weight, fused.bias = weight, bias
+    return fused
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """Return a copy of ``module`` with every (conv, frozen BN) pair folded into one conv.
+
+    Pairs are found as torchvision's ResNet writes them: ``convK``/``bnK`` attributes of a
+    block (the stem's ``conv1``/``bn1`` included) and ``Conv2d`` followed by a BN inside an
+    ``nn.Sequential`` (the ``downsample`` branch). The BN is replaced by ``nn.Identity``.
+    """
+    module = copy.deepcopy(module)
+    for parent in list(module.modules()):
+        children = dict(parent.named_children())
+        for name, child in children.items():
+            if isinstance(child, nn.Conv2d) and name.startswith("conv"):
+                bn_name = "bn" + name[len("conv") :]
+                bn = children.get(bn_name)
+                if isinstance(bn, _BATCH_NORMS):
+                    setattr(parent, name, _fold(child, bn))
+                    setattr(parent, bn_name, nn.Identity())
+        if isinstance(parent, nn.Sequential):
+            for i in range(len(parent) - 1):
+                if isinstance(parent[i], nn.Conv2d) and isinstance(parent[i + 1], _BATCH_NORMS):
+                    parent[i] = _fold(parent[i], parent[i + 1])
+                    parent[i + 1] = nn.Identity()
+    return module
+
+
+class FrozenCNN(nn.Module):
+    """Wrap a frozen CNN (any module mapping [B,3,H,W] to a feature map) for inference.
+
+    ``forward(x [B, 3, H, W]) -> [B, C, h, w]`` float32, contiguous, no autograd graph.
+    ``bf16=None`` picks bf16 autocast where the hardware supports it.
+    """
+
+    def __init__(self, cnn: nn.Module, bf16: bool | None = None):
+        super().__init__()
+        self.cnn = fold_batch_norms(cnn).eval().to(memory_format=torch.channels_last)
+        for p in self.cnn.parameters():
+            p.requires_grad_(False)
+        self.bf16 = bf16
+
+    def train(self, mode: bool = True):  # always inference: dropout-free, BN folded
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        use_bf16 = bf16_supported(x.device) if self.bf16 is None else self.bf16
+        x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            out = self.cnn(x)
+        return out.float().contiguous()
