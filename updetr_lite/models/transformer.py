@@ -1,0 +1,158 @@
+"""DETR's encoder-decoder transformer, pre-norm or post-norm.
+
+Module names follow DETR (``encoder.layers.i.self_attn``, ``decoder.layers.i.multihead_attn``,
+``linear1``, ``norm1`` ...) so the authors' state dicts load directly. Tensors are batch first.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
+    return x if pos is None else x + pos
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d_model, nhead, dim_feedforward, dropout, normalize_before):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
+        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.normalize_before = normalize_before
+
+    def _ffn(self, x):
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+    def forward(self, src, key_padding_mask, pos):
+        """src, pos [B, S, d]; key_padding_mask bool [B, S] (True = padding)."""
+        if self.normalize_before:
+            x = self.norm1(src)
+            q = k = _with_pos(x, pos)
+            src = src + self.dropout1(
+                self.self_attn(q, k, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
+            )
+            return src + self.dropout2(self._ffn(self.norm2(src)))
+        q = k = _with_pos(src, pos)
+        attn = self.self_attn(q, k, src, key_padding_mask=key_padding_mask, need_weights=False)[0]
+        src = self.norm1(src + self.dropout1(attn))
+        return self.norm2(src + self.dropout2(self._ffn(src)))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, d_model, nhead, dim_feedforward, dropout, normalize_before):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
+        self.multihead_attn = nn.MultiheadAttention(
+            d_model, nhead, dropout=dropout, batch_first=True
+        )
+        self.linear1 = nn.Linear(d_model, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, d_model)
+        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
+        self.dropout1, self.dropout2, self.dropout3 = (nn.Dropout(dropout) for _ in range(3))
+        self.normalize_before = normalize_before
+
+    def _ffn(self, x):
+        return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+    def _self(self, x, query_pos, tgt_mask):
+        q = k = _with_pos(x, query_pos)
+        return self.self_attn(q, k, x, attn_mask=tgt_mask, need_weights=False)[0]
+
+    def _cross(self, x, memory, memory_mask, pos, query_pos):
+        return self.multihead_attn(
+            _with_pos(x, query_pos),
+            _with_pos(memory, pos),
+            memory,
+            key_padding_mask=memory_mask,
+            need_weights=False,
+        )[0]
+
+    def forward(self, tgt, memory, tgt_mask, memory_mask, pos, query_pos):
+        """tgt, query_pos [B, N, d]; memory, pos [B, S, d]; tgt_mask additive [N, N] or None;
+        memory_mask bool [B, S]."""
+        if self.normalize_before:
+            tgt = tgt + self.dropout1(self._self(self.norm1(tgt), query_pos, tgt_mask))
+            tgt = tgt + self.dropout2(
+                self._cross(self.norm2(tgt), memory, memory_mask, pos, query_pos)
+            )
+            return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
+        tgt = self.norm1(tgt + self.dropout1(self._self(tgt, query_pos, tgt_mask)))
+        tgt = self.norm2(tgt + self.dropout2(self._cross(tgt, memory, memory_mask, pos, query_pos)))
+        return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, layers: list[nn.Module], norm: nn.Module | None):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.norm = norm  # only with pre-norm: the residual stream is never normalised otherwise
+
+    def forward(self, src, key_padding_mask, pos):
+        for layer in self.layers:
+            src = layer(src, key_padding_mask, pos)
+        return src if self.norm is None else self.norm(src)
+
+
+class Decoder(nn.Module):
+    def __init__(self, layers: list[nn.Module], norm: nn.Module):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.norm = norm
+
+    def forward(self, tgt, memory, tgt_mask, memory_mask, pos, query_pos):
+        """-> [L, B, N, d]: every layer's output after the shared final LayerNorm (aux losses)."""
+        outs = []
+        for layer in self.layers:
+            tgt = layer(tgt, memory, tgt_mask, memory_mask, pos, query_pos)
+            outs.append(self.norm(tgt))
+        return torch.stack(outs)
+
+
+class Transformer(nn.Module):
+    """DETR's transformer.
+
+    forward(src [B, d, h, w], mask bool [B, h, w], query_pos [B, N, d], pos [B, d, h, w],
+    tgt_mask additive float [N, N] or None) -> (hs [L, B, N, d], memory [B, h*w, d]).
+    The decoder input starts at zeros; the object queries (plus patch features in UP-DETR)
+    enter only as ``query_pos``, added to queries and keys as in DETR.
+    """
+
+    def __init__(
+        self,
+        d_model: int = 256,
+        nhead: int = 8,
+        num_encoder_layers: int = 6,
+        num_decoder_layers: int = 6,
+        dim_feedforward: int = 2048,
+        dropout: float = 0.1,
+        normalize_before: bool = False,
+    ):
+        super().__init__()
+        args = (d_model, nhead, dim_feedforward, dropout, normalize_before)
+        self.encoder = Encoder(
+            [EncoderLayer(*args) for _ in range(num_encoder_layers)],
+            nn.LayerNorm(d_model) if normalize_before else None,
+        )
+        self.decoder = Decoder(
+            [DecoderLayer(*args) for _ in range(num_decoder_layers)], nn.LayerNorm(d_model)
+        )
+        self.d_model, self.nhead = d_model, nhead
+        for p in self.parameters():
+            if p.dim() > 1:
+                nn.init.xavier_uniform_(p)
+
+    def forward(self, src, mask, query_pos, pos, tgt_mask=None):
+        src = src.flatten(2).transpose(1, 2)  # [B, h*w, d]
+        pos = pos.flatten(2).transpose(1, 2)
+        mask = mask.flatten(1)
+        memory = self.encoder(src, mask, pos)
+        tgt = torch.zeros_like(query_pos)
+        hs = self.decoder(tgt, memory, tgt_mask, mask, pos, query_pos)
+        return hs, memory
