@@ -1,0 +1,127 @@
+"""Checkpoints: atomic writes, RNG states, and checks of what kind of model a file holds.
+
+A training checkpoint is a dict::
+
+    kind          'pretext' (UP-DETR pre-training) or 'detection' (DETR fine-tuning)
+    num_classes   the model's class count (no-object excluded)
+    model         state dict of the bare model (never the DDP wrapper)
+    optimizer, scheduler, scaler (None with bf16: no loss scaling needed)
+    epoch         the epoch in progress (== epochs done when batches_done == 0)
+    batches_done  batches of that epoch already trained (mid-epoch checkpoints)
+    step          optimizer steps done
+    rng           one RNG state dict per rank (python, numpy, torch, cuda)
+    config        the full configuration (Config.to_dict())
+    best, epoch_stats, log_records  bookkeeping for an exact resume
+
+Files are written to a temporary file in the same folder, fsync'ed and moved over the old
+file with ``os.replace``: a crash during a save leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+KINDS = ("pretext", "detection")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used here (wrong kind, class count, unreadable file)."""
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save ``obj`` to ``path`` so that ``path`` is always either the old or the new file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:  # some file systems refuse fsync on a directory
+        pass
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
+    """Read a checkpoint file; one-line errors for a missing or unreadable file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # truncated or not a torch file
+        raise CheckpointError(f"checkpoint {path}: cannot be read ({type(e).__name__}: {e})") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path}: expected a dict, found {type(ckpt).__name__}")
+    return ckpt
+
+
+def model_state(ckpt: dict) -> dict:
+    """The model's state dict in a checkpoint (ours, the authors' {'model': ...}, or bare)."""
+    state = ckpt.get("model", ckpt)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError("checkpoint holds no model state dict")
+    return state
+
+
+def infer_kind(ckpt: dict) -> tuple[str, int]:
+    """(kind, num_classes) of a checkpoint: from its fields, else from its keys and shapes."""
+    if "kind" in ckpt and "num_classes" in ckpt:
+        return ckpt["kind"], int(ckpt["num_classes"])
+    state = model_state(ckpt)
+    kind = "pretext" if any(k.startswith("patch_proj.") for k in state) else "detection"
+    if "class_embed.weight" not in state:
+        raise CheckpointError("checkpoint has no class_embed.weight: not a DETR/UP-DETR model")
+    return kind, int(state["class_embed.weight"].shape[0]) - 1
+
+
+def check_kind(
+    ckpt: dict, kind: str, num_classes: int | None, path: str | os.PathLike = ""
+) -> None:
+    """Raise CheckpointError unless the checkpoint holds a ``kind`` model with ``num_classes``."""
+    found, classes = infer_kind(ckpt)
+    where = f"checkpoint {path}" if path else "checkpoint"
+    if found != kind:
+        raise CheckpointError(
+            f"{where} holds a {found} model, but a {kind} model is needed here"
+            + (" (fine-tune from it with init=..., not resume)" if found == "pretext" else "")
+        )
+    if num_classes is not None and classes != num_classes:
+        raise CheckpointError(f"{where} has {classes} classes but model.num_classes={num_classes}")
+
+
+def rng_state() -> dict:
+    """This process's RNG states: python, numpy, torch CPU and (if any) CUDA."""
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
