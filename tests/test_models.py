@@ -339,3 +339,25 @@ def test_smoke_detr_overfits_detection():
     losses = _overfit(model, criterion, lambda: model(images, mask), targets)
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
     assert F.softmax(model(images, mask)["pred_logits"], -1).shape == (2, 8, 7)
+
+
+def test_forward_features_equals_forward():
+    """Caching the frozen CNN's output gives the same predictions as the full forward."""
+    cfg = get_config("smoke")
+    torch.manual_seed(0)
+    detr, updetr = build_detr(cfg).eval(), build_updetr(cfg).eval()
+    images = torch.randn(2, 3, 64, 64)
+    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
+    mask[0, 40:] = True
+    boxes = torch.tensor([[[0.5, 0.4, 0.3, 0.3], [0.3, 0.2, 0.2, 0.3]]]).repeat(2, 1, 1)
+    with torch.no_grad():
+        features, fmask = detr.backbone(images, mask)
+        a, b = detr(images, mask), detr.forward_features(features, fmask)
+        features, fmask = updetr.backbone(images, mask)
+        c = updetr(images, mask, None, boxes)
+        d = updetr.forward_features(features, fmask, None, boxes)
+        e = updetr.forward_features(features, fmask, c["patch_feature"])
+    for x, y in ((a, b), (c, d), (c, e)):
+        assert torch.equal(x["pred_logits"], y["pred_logits"])
+        assert torch.equal(x["pred_boxes"], y["pred_boxes"])
+    assert a["pred_boxes"].min() >= 0 and a["pred_boxes"].max() <= 1

@@ -48,19 +48,25 @@ class SetCriterion(nn.Module):
 
     def _losses(self, outputs, targets, indices, num_boxes) -> dict[str, torch.Tensor]:
         logits = outputs["pred_logits"]
-        bidx, qidx = self._flat(indices)
-        matched_labels = torch.cat([t["labels"][j] for t, (_, j) in zip(targets, indices)])
+        device = logits.device
+        # the matcher returns CPU indices; keep every index on the outputs' device
+        bidx, qidx = (x.to(device) for x in self._flat(indices))
+        matched_labels = torch.cat(
+            [t["labels"][j.to(t["labels"].device)] for t, (_, j) in zip(targets, indices)]
+        ).to(device)
         target_classes = torch.full(
             logits.shape[:2], self.num_classes, dtype=torch.int64, device=logits.device
         )
-        target_classes[bidx, qidx] = matched_labels.to(logits.device)
+        target_classes[bidx, qidx] = matched_labels
         losses = {
             "loss_ce": F.cross_entropy(
                 logits.transpose(1, 2).float(), target_classes, self.empty_weight
             )
         }
         src_boxes = outputs["pred_boxes"][bidx, qidx].float()
-        tgt_boxes = torch.cat([t["boxes"][j] for t, (_, j) in zip(targets, indices)]).float()
+        tgt_boxes = torch.cat(
+            [t["boxes"][j.to(t["boxes"].device)] for t, (_, j) in zip(targets, indices)]
+        ).to(device, torch.float)
         losses["loss_bbox"] = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / num_boxes
         giou = torch.diag(
             generalized_box_iou(
@@ -70,7 +76,7 @@ class SetCriterion(nn.Module):
         losses["loss_giou"] = (1 - giou).sum() / num_boxes
         if self.reconstruction:
             pred = outputs["pred_feature"][bidx, qidx].float()
-            tidx = torch.cat([j for _, j in indices]).to(pred.device)
+            tidx = torch.cat([j for _, j in indices]).to(device)
             target = outputs["patch_feature"][bidx, tidx].float()
             err = (F.normalize(pred, dim=-1) - F.normalize(target, dim=-1)).pow(2).sum(-1)
             losses["loss_rec"] = err.sum() / num_boxes

@@ -52,6 +52,10 @@ class UPDETR(DETR):
     patch_feature: 'crop' runs the CNN on the resized crops (the paper); 'roi' averages a
     RoIAlign of the image feature map over each patch box (a lite-scale deviation: the CNN
     never sees the crops, see shared/notes/lite-scale-findings.md).
+
+    The returned patch_feature is not detached: with a frozen CNN it carries no gradient
+    anyway; with a trainable CNN the reconstruction loss reaches the CNN through both sides,
+    as in the authors' code.
     """
 
     def __init__(
