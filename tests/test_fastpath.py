@@ -57,3 +57,56 @@ def test_fast_path_stays_in_eval_mode():
     fast = FrozenCNN(_random_frozen_resnet18(), bf16=False)
     fast.train()
     assert not fast.training and not fast.cnn.training
+
+
+def _pretext_losses(fast: bool) -> dict[str, float]:
+    from updetr_lite.config import get_config
+    from updetr_lite.models import build_criterion, build_updetr
+
+    cfg = get_config("smoke", [f"model.fast_cnn={fast}", "pretext.patch_feature='crop'"])
+    torch.manual_seed(0)
+    model = build_updetr(cfg).eval()
+    assert model.backbone[0].fast == fast
+    # Random BN statistics, as after a real pre-training, so that folding matters.
+    for m in model.modules():
+        if isinstance(m, FrozenBatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+            m.running_mean.normal_(0, 0.1)
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(2, 3, 64, 64, generator=g)
+    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
+    patches = torch.randn(2, cfg.pretext.num_patches, 3, 32, 32, generator=g)
+    boxes = torch.rand(2, cfg.pretext.num_patches, 4, generator=g) * 0.5 + 0.25
+    targets = [{"boxes": b, "labels": torch.ones(len(b), dtype=torch.int64)} for b in boxes]
+    out = model(images, mask, patches=patches, patch_boxes=boxes)
+    losses = build_criterion(cfg, pretext=True)(out, targets)
+    return {k: float(v.detach()) for k, v in losses.items() if k.startswith("loss")}
+
+
+def test_fast_path_gives_the_same_pretext_losses():
+    """The switch (model.fast_cnn) changes speed, not the losses: within 2% per term (bf16)."""
+    slow, fast = _pretext_losses(False), _pretext_losses(True)
+    assert slow.keys() == fast.keys() and "loss_rec" in slow
+    for k in slow:
+        assert abs(fast[k] - slow[k]) <= 0.02 * abs(slow[k]) + 1e-3, (k, slow[k], fast[k])
+
+
+def test_fast_path_is_rebuilt_after_a_weight_load():
+    from updetr_lite.models.backbone import Backbone
+
+    bb = Backbone("resnet18", "layer3", frozen_cnn=True, fast=True)
+    x = torch.randn(1, 3, 64, 64)
+    mask = torch.zeros(1, 64, 64, dtype=torch.bool)
+    before = bb(x, mask)[0]
+    state = {
+        k: torch.randn_like(v) if v.is_floating_point() else v
+        for k, v in bb.body.state_dict().items()
+    }
+    state = {k: (v.abs() + 0.5 if "running_var" in k else v) for k, v in state.items()}
+    bb.body.load_state_dict(state)
+    after = bb(x, mask)[0]
+    plain = Backbone("resnet18", "layer3", frozen_cnn=True, fast=False)
+    plain.body.load_state_dict(state)
+    ref = plain(x, mask)[0]
+    assert not torch.allclose(before, after)
+    assert ((after - ref).norm() / ref.norm()) < 0.05

@@ -32,6 +32,9 @@ class ModelConfig:
     backbone_layer: str = "layer4"  # last CNN stage used (lite stops at layer3)
     backbone_weights: str | None = None  # local file: torchvision, SwAV, DETR or UP-DETR format
     frozen_cnn: bool = True  # pre-training: no CNN weight trains (the paper's frozen CNN)
+    # A frozen CNN runs folded (BN into conv), channels_last, in bf16 where the hardware has it
+    # (updetr_lite/fastpath.py). False: the plain fp32 path.
+    fast_cnn: bool = True
     hidden_dim: int = 256
     nheads: int = 8
     enc_layers: int = 6
@@ -268,6 +271,7 @@ def smoke() -> Config:
         dim_feedforward=64,
         num_queries=8,
         dropout=0.0,
+        fast_cnn=False,  # tests compare exact numbers; tests/test_fastpath.py covers the fast path
     )
     c.pretext = dataclasses.replace(c.pretext, num_patches=2, patch_size=32)
     c.data = dataclasses.replace(

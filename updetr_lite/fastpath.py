@@ -69,7 +69,8 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
 class FrozenCNN(nn.Module):
     """Wrap a frozen CNN (any module mapping [B,3,H,W] to a feature map) for inference.
 
-    ``forward(x [B, 3, H, W]) -> [B, C, h, w]`` float32, contiguous, no autograd graph.
+    ``forward(x [B, 3, H, W]) -> [B, C, h, w]`` float32, contiguous, no autograd graph (a
+    dict of such maps when the CNN returns a dict, as torchvision's IntermediateLayerGetter).
     ``bf16=None`` picks bf16 autocast where the hardware supports it.
     """
 
@@ -89,4 +90,6 @@ class FrozenCNN(nn.Module):
         x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             out = self.cnn(x)
+        if isinstance(out, dict):
+            return {k: v.float().contiguous() for k, v in out.items()}
         return out.float().contiguous()

@@ -13,6 +13,8 @@ from torch import nn
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.ops import FrozenBatchNorm2d
 
+from ..fastpath import FrozenCNN
+
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101")
 STAGES = ("layer1", "layer2", "layer3", "layer4")
 
@@ -27,6 +29,9 @@ class Backbone(nn.Module):
             autograd graph is built (the paper's frozen pre-training CNN).
         train_layers_from: when not frozen, stages from this one on train (DETR: layer2..layer4);
             the stem and earlier stages stay fixed.
+        fast: when frozen, run the CNN through `updetr_lite.fastpath.FrozenCNN` (batch norm
+            folded into the convolutions, channels_last, bf16 autocast where the hardware has
+            it). The folded copy is derived state: rebuilt after a weight load, never saved.
     """
 
     def __init__(
@@ -35,6 +40,7 @@ class Backbone(nn.Module):
         layer: str = "layer4",
         frozen_cnn: bool = False,
         train_layers_from: str = "layer2",
+        fast: bool = False,
     ):
         super().__init__()
         if name not in RESNETS:
@@ -48,6 +54,9 @@ class Backbone(nn.Module):
         resnet = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
         self.body = IntermediateLayerGetter(resnet, return_layers={layer: "0"})
         self.name, self.layer, self.frozen_cnn = name, layer, frozen_cnn
+        self.fast = fast and frozen_cnn
+        self._fast_cnn: dict[torch.device, FrozenCNN] = {}  # not a submodule: not in state_dict
+        self.body.register_load_state_dict_post_hook(lambda *_: self._fast_cnn.clear())
         # output channels of the stage: x4 for bottleneck blocks
         self.num_channels = {"layer3": 256, "layer4": 512}[layer] * (
             4 if name in ("resnet50", "resnet101") else 1
@@ -58,6 +67,11 @@ class Backbone(nn.Module):
                 p.requires_grad_(False)
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fast:
+            if x.device not in self._fast_cnn:
+                self._fast_cnn.clear()
+                self._fast_cnn[x.device] = FrozenCNN(self.body).to(x.device)
+            return self._fast_cnn[x.device](x)["0"]
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_cnn):
             return self.body(x)["0"]
 

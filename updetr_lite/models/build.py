@@ -25,7 +25,8 @@ def build_backbone(cfg: Config, frozen: bool | None = None) -> Backbone:
     weights = m.backbone_weights
     if weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"model.backbone_weights: no such file: {weights}")
-    backbone = Backbone(m.backbone, m.backbone_layer, m.frozen_cnn if frozen is None else frozen)
+    frozen = m.frozen_cnn if frozen is None else frozen
+    backbone = Backbone(m.backbone, m.backbone_layer, frozen, fast=m.fast_cnn)
     if weights:
         log.info("%s", load_cnn_weights(backbone, weights))
     return backbone
