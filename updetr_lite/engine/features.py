@@ -1,0 +1,223 @@
+"""Cached CNN features (lite deviation ``TrainConfig.cache_features``).
+
+With a frozen CNN nothing about the CNN changes during training, so its output for an image
+can be computed once and reused every epoch: only the transformer and the heads train. The
+images go through the *eval* transforms (no augmentation: the cached map is one fixed view).
+
+- Detection: each image's feature map [C, h, w] and its target are kept in memory.
+- Pre-training, ``pretext.patch_feature == 'roi'``: a query patch is only a box (its feature
+  is a RoIAlign of the cached map), so new patch boxes are drawn every time an image is used
+  and the CNN never runs during pre-training.
+- Pre-training, ``'crop'``: the patch crops still come from the pretext dataset every step and
+  the CNN embeds them under ``torch.no_grad`` (``FeatureExtractor.patches``).
+
+Maps are computed with the frozen-CNN fast path (folded batch norm, bf16 where the hardware
+has it) and stored in a file under ``cfg.data.cache_dir/features/`` whose name hashes the CNN
+weights and the data, so different CNNs or data never share a file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from ..fastpath import FrozenCNN
+from . import distributed as du
+from .checkpoint import atomic_save
+
+
+class FeatureCacheError(ValueError):
+    """cache_features asked for where it cannot work (a CNN that trains)."""
+
+
+def check_cacheable(trainable_cnn: bool, section: str) -> None:
+    if trainable_cnn:
+        raise FeatureCacheError(
+            f"{section}.cache_features=True needs a frozen CNN ({section}.lr_backbone=0"
+            f"{', model.frozen_cnn=True' if section == 'pretrain' else ''}): "
+            "a CNN that trains changes its features every step"
+        )
+
+
+class _Trunk(nn.Module):
+    """The Backbone's ResNet trunk as a plain images -> map function (for FrozenCNN)."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, x):
+        return self.body(x)["0"]
+
+
+class FeatureExtractor:
+    """The frozen CNN of a DETR/UP-DETR as an inference function."""
+
+    def __init__(self, backbone: nn.Module, device: torch.device, bf16: bool | None = None):
+        cnn = backbone[0] if isinstance(backbone, nn.Sequential) else backbone  # Joiner
+        self.cnn = FrozenCNN(_Trunk(cnn.body), bf16=bf16).to(device)
+        self.device = device
+        self.weights_hash = weights_hash(cnn)
+
+    @property
+    def bf16(self) -> bool:
+        from ..fastpath import bf16_supported
+
+        return bf16_supported(self.device) if self.cnn.bf16 is None else self.cnn.bf16
+
+    def images(self, images: torch.Tensor, mask: torch.Tensor):
+        """images [B, 3, H, W], mask [B, H, W] -> (features [B, C, h, w], mask [B, h, w])."""
+        feats = self.cnn(images.to(self.device))
+        small = nn.functional.interpolate(mask[None].float().to(self.device), feats.shape[-2:])
+        return feats, small[0].bool()
+
+    def patches(self, patches: torch.Tensor) -> torch.Tensor:
+        """patches [B, M, 3, p, p] -> patch features [B, M, C] (global average pool)."""
+        b, m = patches.shape[:2]
+        return self.cnn(patches.flatten(0, 1).to(self.device)).mean((2, 3)).view(b, m, -1)
+
+
+def weights_hash(cnn: nn.Module) -> str:
+    h = hashlib.sha256()
+    for k, v in sorted(cnn.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def cache_key(*parts) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:20]
+
+
+def data_identity(data_cfg) -> dict:
+    """The data settings that change what the CNN sees (not worker counts)."""
+    d = dataclasses.asdict(data_cfg)
+    d.pop("num_workers", None)
+    return d
+
+
+@torch.no_grad()
+def compute_maps(extractor: FeatureExtractor, loader, desc: str = "features") -> list[torch.Tensor]:
+    """Every image's map [C, h, w], cropped to its unpadded extent, in loader order.
+
+    ``loader`` yields (images, mask, *rest) batches (unshuffled).
+    """
+    from tqdm.auto import tqdm
+
+    store = torch.bfloat16 if extractor.bf16 else torch.float32  # bf16 maps are exact in bf16
+    maps = []
+    for batch in tqdm(loader, desc=desc, disable=not du.is_main_process(), leave=False):
+        feats, fmask = extractor.images(batch[0], batch[1])
+        for f, m in zip(feats, fmask):
+            h, w = int((~m[:, 0]).sum()), int((~m[0, :]).sum())
+            maps.append(f[:, :h, :w].to(store).cpu().clone())
+    return maps
+
+
+def cached(path: Path, compute):
+    """Load ``path`` or compute (rank 0), save atomically, and share with the other ranks."""
+    if not path.is_file():
+        if du.is_main_process():
+            value = compute()
+            try:
+                atomic_save(value, path)
+            except OSError as e:  # a read-only cache dir only costs the reuse
+                print(f"[updetr-lite] could not write the feature cache {path}: {e}")
+                du.barrier()
+                return value
+        du.barrier()
+        if du.is_main_process():
+            return value
+        if not path.is_file():
+            return compute()
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def cache_path(cache_dir: str, key: str) -> Path:
+    return Path(os.path.expanduser(cache_dir)) / "features" / f"{key}.pt"
+
+
+def pad_maps(maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[C, h_i, w_i] maps -> (features [B, C, H, W] zero padded, mask [B, H, W] True = pad)."""
+    c = maps[0].shape[0]
+    h = max(m.shape[1] for m in maps)
+    w = max(m.shape[2] for m in maps)
+    out = maps[0].new_zeros(len(maps), c, h, w, dtype=torch.float32)
+    mask = torch.ones(len(maps), h, w, dtype=torch.bool)
+    for i, m in enumerate(maps):
+        out[i, :, : m.shape[1], : m.shape[2]] = m
+        mask[i, : m.shape[1], : m.shape[2]] = False
+    return out, mask
+
+
+class CachedDetection(Dataset):
+    """(map [C, h, w], target) per image; targets from the eval-transformed pass."""
+
+    def __init__(self, maps: list[torch.Tensor], targets: list[dict]):
+        self.maps, self.targets = maps, targets
+
+    def __len__(self):
+        return len(self.maps)
+
+    def __getitem__(self, i):
+        return self.maps[i], self.targets[i]
+
+
+def collate_cached_detection(batch):
+    feats, mask = pad_maps([b[0] for b in batch])
+    return feats, mask, [b[1] for b in batch]
+
+
+class CachedPretextRoi(Dataset):
+    """(map, target with freshly drawn patch boxes) per image: roi patch features need no CNN.
+
+    ``sample_boxes(h, w) -> [M, 4]`` cxcywh normalised draws the query patch boxes for an
+    image of full-resolution size (h, w), as the pretext dataset does.
+    """
+
+    def __init__(self, maps, sizes, sample_boxes):
+        self.maps, self.sizes, self.sample_boxes = maps, sizes, sample_boxes
+
+    def __len__(self):
+        return len(self.maps)
+
+    def __getitem__(self, i):
+        h, w = self.sizes[i]
+        boxes = self.sample_boxes(h, w)
+        target = {"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64)}
+        return self.maps[i], target
+
+
+def collate_cached_pretext(batch):
+    feats, mask = pad_maps([b[0] for b in batch])
+    targets = [b[1] for b in batch]
+    patches = torch.stack([b[2] for b in batch]) if len(batch[0]) > 2 else None
+    return feats, mask, targets, patches
+
+
+class CachedPretextCrop(Dataset):
+    """(map, target, patches) per image: the crops come from the pretext dataset each time
+    (its image is discarded: the cached map stands for it; boxes are normalised, so they
+    refer to the cached view as well)."""
+
+    def __init__(self, maps, pretext_dataset):
+        self.maps, self.pretext = maps, pretext_dataset
+
+    def __len__(self):
+        return len(self.maps)
+
+    def __getitem__(self, i):
+        _, target, patches = self.pretext[i]
+        return self.maps[i], target, patches
+
+
+def feature_loader(dataset, collate, batch_size: int, num_workers: int) -> DataLoader:
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers
+    )

@@ -1,0 +1,647 @@
+"""The training loop: UP-DETR pre-training ('pretrain') and DETR fine-tuning ('finetune').
+
+``train(cfg, stage, out_dir)`` writes into ``out_dir``:
+
+- ``config.json``: the full resolved configuration (``Config.from_dict`` reads it back);
+- ``log.jsonl``: one JSON record per line: ``{"type": "train", step, epoch, <loss terms>,
+  lr, images_per_s}`` every ``log_every`` steps (loss terms averaged over those steps and
+  over processes), ``{"type": "eval", step, epoch, AP, AP50, AP75, APs, APm, APl}`` after each
+  evaluation, ``{"type": "epoch", ...}`` per-epoch loss means, ``{"type": "init", ...}`` the
+  pretext -> detector key report;
+- ``last.pth`` (each epoch and every ``last_every_steps`` steps), ``best.pth`` (best AP when
+  fine-tuning, lowest epoch loss when pre-training), ``epoch_K.pth`` every ``checkpoint_every``
+  epochs.
+
+Exact resume: the order of every epoch depends only on (seed, epoch), every sample's
+augmentation only on (seed, epoch, index) (``SeededDataset``), and the model's own randomness
+(dropout, query shuffle, patch dropout) on the per-rank RNG states saved in the checkpoint.
+A run resumed from a mid-epoch ``last.pth`` therefore skips the batches it had done and
+continues bit for bit (in deterministic mode, same process count and thread count).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from ..config import Config
+from . import distributed as du
+from . import features as ft
+from .checkpoint import (
+    atomic_save,
+    check_kind,
+    load_checkpoint,
+    model_state,
+    rng_state,
+    set_rng_state,
+)
+from .evaluate import evaluate
+
+STAGES = ("pretrain", "finetune")
+# keys of a train record that are not loss terms
+_NOT_TERMS = ("class_error",)
+
+
+class TrainingError(ValueError):
+    """A setting or state that stops a run before it starts; one line for the user."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term (or the gradient norm) became NaN or infinite; no checkpoint was written."""
+
+
+# --------------------------------------------------------------------------- randomness
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_deterministic(flag: bool) -> None:
+    if flag:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so that item i of epoch e always draws the same random numbers.
+
+    Each ``__getitem__`` runs with python, numpy and torch (CPU) RNGs seeded from (seed,
+    epoch, i) and restores the caller's states afterwards, so the augmentation neither
+    depends on nor disturbs the training process's RNG (nor on worker count or resumes).
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getattr__(self, name):  # skip_report, coco, ... of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, i):
+        s = np.random.SeedSequence([self.seed, self.epoch, int(i)]).generate_state(2)
+        py, npy = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(int(s[0]))
+            np.random.seed(int(s[1]))
+            torch.manual_seed(int(s[0]) << 32 | int(s[1]))
+            try:
+                return self.dataset[i]
+            finally:
+                random.setstate(py)
+                np.random.set_state(npy)
+
+
+class ShardSampler(Sampler):
+    """Evaluation: rank r takes items r, r+W, ... (no padding: each image counted once)."""
+
+    def __init__(self, n: int, rank: int, world_size: int):
+        self.indices = list(range(rank, n, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+
+# --------------------------------------------------------------------------- model step
+
+
+class StepModel(nn.Module):
+    """What DDP wraps: one forward of the model on one batch.
+
+    ``forward(inputs, mask, patches=None, patch_boxes=None)``: inputs are images [B, 3, H, W]
+    or, with cached features, CNN maps [B, C, h, w]; ``patches`` are crops [B, M, 3, p, p]
+    or (cached 'crop' mode) patch features [B, M, C].
+    """
+
+    def __init__(self, model: nn.Module, pretext: bool, cached: bool):
+        super().__init__()
+        self.model, self.pretext, self.cached = model, pretext, cached
+
+    def forward(self, inputs, mask, patches=None, patch_boxes=None):
+        if not self.pretext:
+            if self.cached:
+                return self.model.forward_features(inputs, mask)
+            return self.model(inputs, mask)
+        if self.cached:
+            return self.model.forward_features(inputs, mask, patches, patch_boxes)
+        return self.model(inputs, mask, patches, patch_boxes)
+
+
+class _EvalForward(nn.Module):
+    """DETR on cached maps, with the (inputs, mask) signature evaluate() calls."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs, mask):
+        return self.model.forward_features(inputs, mask)
+
+
+def compute_losses(step_model, criterion, batch, device, amp: bool) -> dict[str, torch.Tensor]:
+    """Forward + criterion on one batch dict (inputs, mask, targets[, patches]); the loss
+    dict of SetCriterion (weighted terms, ``loss``, ``class_error``)."""
+    inputs = batch["inputs"].to(device, non_blocking=True)
+    mask = batch["mask"].to(device, non_blocking=True)
+    targets = [
+        {k: v.to(device) if torch.is_tensor(v) else v for k, v in t.items()}
+        for t in batch["targets"]
+    ]
+    patches = batch.get("patches")
+    patches = patches.to(device) if patches is not None else None
+    boxes = torch.stack([t["boxes"] for t in targets]) if batch.get("pretext") else None
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        outputs = step_model(inputs, mask, patches, boxes)
+    return criterion(outputs, targets)  # the criterion casts to fp32 itself
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _data_modules():
+    from ..data import build as data_build
+    from ..data.collate import collate_detection
+    from ..data.pretext import collate_pretext
+
+    return data_build, collate_detection, collate_pretext
+
+
+class Batches:
+    """Turns a loader's tuples into batch dicts; knows whether it is a pretext loader."""
+
+    def __init__(self, loader, pretext: bool, extractor=None):
+        self.loader, self.pretext, self.extractor = loader, pretext, extractor
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        for item in self.loader:
+            batch = {
+                "inputs": item[0],
+                "mask": item[1],
+                "targets": item[2],
+                "pretext": self.pretext,
+            }
+            if self.pretext and len(item) > 3 and item[3] is not None:
+                patches = item[3]
+                if self.extractor is not None:  # cached 'crop': embed the crops now
+                    patches = self.extractor.patches(patches)
+                batch["patches"] = patches
+            yield batch
+
+
+def _eval_view(dataset, cfg: Config):
+    """The same images with the eval transforms (no augmentation), for the feature cache."""
+    from ..data.transforms import detection_transforms
+
+    view = copy.copy(dataset)
+    tf = detection_transforms(cfg.data, train=False)
+    for attr in ("transforms", "_transforms"):
+        if hasattr(view, attr):
+            setattr(view, attr, tf)
+            return view
+    raise TrainingError("cache_features: the detection dataset exposes no transforms to replace")
+
+
+def build_data(cfg, stage, tc, dist_info, model, device, trainable_cnn):
+    """Train Batches (+ sampler and seeded dataset), val loader and COCO gt (finetune)."""
+    data_build, collate_detection, collate_pretext = _data_modules()
+    world, rank = dist_info.world_size, dist_info.rank
+    per_rank = du.per_process_batch(tc.batch_size, world, f"{stage}.batch_size")
+    workers = cfg.data.num_workers
+    extractor = None
+    val_loader = coco_gt = None
+    if stage == "pretrain":
+        train_set = data_build.build_pretext_dataset(cfg)
+        collate = collate_pretext
+    else:
+        train_set, val_set = data_build.build_detection_datasets(cfg)
+        collate = collate_detection
+        coco_gt = val_set.coco
+    if tc.cache_features:
+        ft.check_cacheable(trainable_cnn, stage)
+        extractor = ft.FeatureExtractor(model.backbone, device)
+        ident = (extractor.weights_hash, cfg.model.backbone, cfg.model.backbone_layer)
+        ident += (ft.data_identity(cfg.data),)
+        if stage == "finetune":
+            train_set, train_maps = _cached_detection(cfg, extractor, train_set, ident, "train")
+            val_set, _ = _cached_detection(cfg, extractor, val_set, ident, "val", eval_view=False)
+            collate = ft.collate_cached_detection
+        else:
+            train_set = _cached_pretext(cfg, extractor, train_set, ident)
+            collate = ft.collate_cached_pretext
+            if cfg.pretext.patch_feature == "roi":
+                extractor = None  # no CNN per step
+    seeded = SeededDataset(train_set, tc.seed)
+    sampler = du.ResumableSampler(seeded, world, rank, shuffle=True, seed=tc.seed)
+    loader = DataLoader(
+        seeded,
+        batch_size=per_rank,
+        sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        drop_last=False,
+        # a private generator: creating iterators must not consume the training RNG
+        generator=torch.Generator().manual_seed(tc.seed),
+        persistent_workers=False,
+    )
+    if stage == "finetune":
+        val_loader = DataLoader(
+            val_set,
+            batch_size=per_rank,
+            sampler=ShardSampler(len(val_set), rank, world),
+            collate_fn=collate,
+            num_workers=workers,
+        )
+    return Batches(loader, stage == "pretrain", extractor), sampler, seeded, val_loader, coco_gt
+
+
+def _cached_detection(cfg, extractor, dataset, ident, split, eval_view=True):
+    _, collate_detection, _ = _data_modules()
+    view = _eval_view(dataset, cfg) if eval_view else dataset
+    path = ft.cache_path(cfg.data.cache_dir, ft.cache_key("detection", split, len(view), ident))
+
+    def compute_with_targets():
+        maps, targets = [], []
+        loader = ft.feature_loader(view, collate_detection, 16, cfg.data.num_workers)
+        for batch in loader:
+            targets.extend(batch[2])
+        maps = ft.compute_maps(extractor, loader, desc=f"CNN features ({split})")
+        return {"maps": maps, "targets": targets}
+
+    data = ft.cached(path, compute_with_targets)
+    ds = ft.CachedDetection(data["maps"], data["targets"])
+    if hasattr(dataset, "coco"):
+        ds.coco = dataset.coco
+    return ds, data["maps"]
+
+
+def _cached_pretext(cfg, extractor, dataset, ident):
+    mode = cfg.pretext.patch_feature
+    view, sizes = _pretext_eval_view(dataset, cfg)
+    path = ft.cache_path(cfg.data.cache_dir, ft.cache_key("pretext", len(view), ident))
+
+    def compute():
+        loader = ft.feature_loader(view, _collate_images, 16, cfg.data.num_workers)
+        return {"maps": ft.compute_maps(extractor, loader, desc="CNN features (pretext)")}
+
+    maps = ft.cached(path, compute)["maps"]
+    if mode == "roi":
+        return ft.CachedPretextRoi(maps, sizes, _box_sampler(dataset, cfg))
+    return ft.CachedPretextCrop(maps, dataset)
+
+
+def _collate_images(batch):
+    from ..data.collate import pad_images
+
+    images, mask = pad_images([b[0] for b in batch])
+    return images, mask
+
+
+def _pretext_eval_view(dataset, cfg):
+    raise NotImplementedError
+
+
+def _box_sampler(dataset, cfg):
+    raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _param_groups(model: nn.Module, tc) -> list[dict]:
+    main, cnn = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (cnn if name.startswith("backbone.") else main).append(p)
+    groups = [{"params": main, "lr": tc.lr, "name": "transformer"}]
+    if cnn:
+        groups.append({"params": cnn, "lr": tc.lr_backbone, "name": "backbone"})
+    return groups
+
+
+class JsonLog:
+    """Append-only JSON lines on rank 0; counts its records for exact resume."""
+
+    def __init__(self, path: Path, enabled: bool, keep: int | None):
+        self.path, self.enabled, self.count = path, enabled, 0
+        if not enabled:
+            return
+        if keep is None:
+            path.write_text("")
+        else:  # drop what the interrupted run wrote after its checkpoint
+            lines = path.read_text().splitlines(keepends=True) if path.exists() else []
+            path.write_text("".join(lines[:keep]))
+            self.count = min(keep, len(lines))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.count += 1
+
+
+def _trainable_cnn(cfg: Config, stage: str) -> bool:
+    tc = cfg.pretrain if stage == "pretrain" else cfg.finetune
+    if stage == "pretrain":
+        return tc.lr_backbone > 0 and not cfg.model.frozen_cnn
+    return tc.lr_backbone > 0
+
+
+def _build(cfg: Config, stage: str):
+    from ..models import build_criterion, build_detr, build_updetr
+
+    if stage == "pretrain":
+        return build_updetr(cfg), build_criterion(cfg, pretext=True), "pretext", 2
+    return build_detr(cfg), build_criterion(cfg, pretext=False), "detection", cfg.model.num_classes
+
+
+def _init_from_pretext(model, init, log: JsonLog) -> dict:
+    from ..models import init_detr_from_pretext
+
+    ckpt = load_checkpoint(init)
+    check_kind(ckpt, "pretext", None, init)
+    report = init_detr_from_pretext(model, model_state(ckpt))
+    log.write({"type": "init", "init": str(init), **report})
+    return report
+
+
+def _epoch_record(epoch, step, sums, count):
+    return {"type": "epoch", "epoch": epoch, "step": step, "batches": count} | {
+        k: v / max(count, 1) for k, v in sums.items()
+    }
+
+
+def train(
+    cfg: Config,
+    stage: str,
+    out_dir: str | os.PathLike,
+    init: str | os.PathLike | None = None,
+    resume: bool = False,
+    device: str | torch.device | None = None,
+    last_every_steps: int = 100,
+    progress: bool = True,
+) -> dict:
+    """Pre-train UP-DETR (stage 'pretrain') or fine-tune DETR (stage 'finetune').
+
+    Args:
+        cfg: the configuration; cfg.pretrain or cfg.finetune gives the schedule.
+        out_dir: where config.json, log.jsonl and the checkpoints go.
+        init: fine-tuning only: a pretext checkpoint to start the transformer from (UP-DETR);
+            None trains the transformer from scratch (the DETR baseline). Both load the CNN
+            from cfg.model.backbone_weights.
+        resume: continue exactly from out_dir/last.pth (mid-epoch position included).
+        device: default cuda if available, else cpu; with torchrun, cuda:LOCAL_RANK.
+        last_every_steps: also write last.pth every this many steps (0: only per epoch).
+    Returns:
+        a summary dict: steps, epochs, final metrics / loss, checkpoint paths, timing.
+    """
+    if stage not in STAGES:
+        raise TrainingError(f"stage must be 'pretrain' or 'finetune', not {stage!r}")
+    if init is not None and stage != "finetune":
+        raise TrainingError("init= is for fine-tuning from a pretext checkpoint")
+    cfg.validate()
+    tc = cfg.pretrain if stage == "pretrain" else cfg.finetune
+    out = Path(out_dir)
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    info = du.init_distributed(device)
+    if device.type == "cuda" and info.distributed:
+        device = torch.device("cuda", info.local_rank)
+    main = info.is_main
+    set_deterministic(tc.deterministic)
+    seed_everything(tc.seed + info.rank)
+
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(out / "last.pth")
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(cfg.to_json())
+    log = JsonLog(out / "log.jsonl", main, ckpt["log_records"] if ckpt else None)
+
+    model, criterion, kind, num_classes = _build(cfg, stage)
+    trainable_cnn = _trainable_cnn(cfg, stage)
+    if not trainable_cnn:  # no gradient for a CNN that never steps, and not in the optimizer
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    init_report = None
+    if init is not None and ckpt is None:
+        init_report = _init_from_pretext(model, init, log)
+    model.to(device)
+    criterion.to(device)
+
+    batches, sampler, seeded, val_loader, coco_gt = build_data(
+        cfg, stage, tc, info, model, device, trainable_cnn
+    )
+    step_model = du.wrap_ddp(StepModel(model, stage == "pretrain", tc.cache_features), device)
+    eval_model = _EvalForward(model) if tc.cache_features else model
+    optimizer = torch.optim.AdamW(_param_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_drop, gamma=0.1)
+
+    # state that a checkpoint carries
+    epoch, batches_done, step = 0, 0, 0
+    best = None  # finetune: best AP; pretrain: lowest epoch loss
+    epoch_sums, epoch_count = {}, 0
+    window, window_count = {}, 0
+    last_metrics = None
+    if ckpt is not None:
+        check_kind(ckpt, kind, num_classes, out / "last.pth")
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        epoch, batches_done, step = ckpt["epoch"], ckpt["batches_done"], ckpt["step"]
+        best, last_metrics = ckpt.get("best"), ckpt.get("metrics")
+        epoch_sums, epoch_count = ckpt["epoch_stats"]
+        window, window_count = ckpt["window"]
+        rngs = ckpt["rng"]
+        if len(rngs) == info.world_size:
+            set_rng_state(rngs[info.rank])
+        elif main:
+            print(f"[updetr-lite] resume: {len(rngs)} RNG states for {info.world_size} processes")
+        if ckpt.get("config") != cfg.to_dict() and main:
+            print("[updetr-lite] resume: the configuration differs from the checkpoint's")
+
+    def state(epoch_, batches_done_) -> dict:
+        return {
+            "kind": kind,
+            "num_classes": num_classes,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": None,  # bf16 autocast needs no loss scaling
+            "epoch": epoch_,
+            "batches_done": batches_done_,
+            "step": step,
+            "rng": du.all_gather_object(rng_state()),
+            "config": cfg.to_dict(),
+            "stage": stage,
+            "best": best,
+            "metrics": last_metrics,
+            "epoch_stats": (epoch_sums, epoch_count),
+            "window": (window, window_count),
+            "log_records": log.count,
+            "world_size": info.world_size,
+        }
+
+    def save(name: str, st: dict) -> None:
+        if main:
+            atomic_save(st, out / name)
+
+    def run_eval(epoch_):
+        nonlocal last_metrics
+        metrics = evaluate(eval_model, val_loader, coco_gt, device)
+        last_metrics = metrics
+        log.write({"type": "eval", "step": step, "epoch": epoch_} | metrics)
+        return metrics
+
+    max_steps = tc.max_steps if tc.max_steps > 0 else math.inf
+    t_start, images_seen = time.time(), 0
+    t_window, images_window = time.time(), 0
+    done = step >= max_steps or epoch >= tc.epochs
+    model.train()
+    while not done:
+        seeded.epoch = epoch
+        sampler.set_epoch(epoch)
+        sampler.start = batches_done * batches.loader.batch_size
+        bar = _progress(batches, main and progress, stage, epoch, batches_done)
+        for batch in batches:
+            losses = compute_losses(step_model, criterion, batch, device, tc.amp)
+            values = {k: v.detach().float() for k, v in losses.items()}
+            values = du.reduce_mean({k: v.item() for k, v in values.items()}, device)
+            _check_finite(values, step + 1, epoch, out)
+            optimizer.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            if tc.clip_max_norm > 0:
+                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.clip_max_norm)
+                if not torch.isfinite(norm):
+                    raise NonFiniteLossError(
+                        f"step {step + 1} (epoch {epoch}): gradient norm is {norm.item()}; "
+                        f"training stopped, the last good checkpoint is {out / 'last.pth'}"
+                    )
+            optimizer.step()
+            step += 1
+            batches_done += 1
+            n_images = len(batch["targets"]) * info.world_size
+            images_seen += n_images
+            images_window += n_images
+            for k, v in values.items():
+                window[k] = window.get(k, 0.0) + v
+                epoch_sums[k] = epoch_sums.get(k, 0.0) + v
+            window_count += 1
+            epoch_count += 1
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['loss']:.4f}")
+            if step % tc.log_every == 0:
+                now = time.time()
+                log.write(
+                    {"type": "train", "step": step, "epoch": epoch}
+                    | {k: v / window_count for k, v in window.items()}
+                    | {
+                        "lr": optimizer.param_groups[0]["lr"],
+                        "images_per_s": images_window / max(now - t_window, 1e-9),
+                    }
+                )
+                window, window_count = {}, 0
+                t_window, images_window = now, 0
+            if step >= max_steps:
+                done = True
+                break
+            if last_every_steps and step % last_every_steps == 0 and batches_done < len(sampler):
+                save("last.pth", state(epoch, batches_done))
+        if bar is not None:
+            bar.close()
+        epoch_finished = not done or batches_done >= len(batches.loader)
+        # every rank's sampler has the same length, so ranks agree on epoch_finished
+        sampler.start = 0
+        skip = getattr(seeded.dataset, "skip_report", None)
+        if skip is not None and epoch_finished:
+            report = skip()
+            if report and main:
+                log.write({"type": "skips", "step": step, "epoch": epoch, "report": report})
+        record = _epoch_record(epoch, step, epoch_sums, epoch_count)
+        if stage == "pretrain":
+            log.write(record)
+        improved = False
+        if stage == "finetune":
+            last_epoch = epoch + 1 >= tc.epochs
+            if (epoch + 1) % tc.eval_every == 0 or last_epoch or done:
+                metrics = run_eval(epoch)
+                improved = best is None or metrics["AP"] > best
+                best = metrics["AP"] if improved else best
+        elif epoch_count:
+            improved = best is None or record["loss"] < best
+            best = record["loss"] if improved else best
+        epoch_sums, epoch_count = {}, 0
+        if epoch_finished:
+            scheduler.step()
+            epoch += 1
+            batches_done = 0
+        if epoch >= tc.epochs:
+            done = True
+        st = state(epoch, batches_done)
+        save("last.pth", st)
+        if improved:
+            save("best.pth", st)
+        if epoch_finished and tc.checkpoint_every and epoch % tc.checkpoint_every == 0:
+            save(f"epoch_{epoch}.pth", st)
+        du.barrier()
+    wall = time.time() - t_start
+    summary = {
+        "stage": stage,
+        "out_dir": str(out),
+        "steps": step,
+        "epochs": epoch,
+        "best": best,
+        "metrics": last_metrics,
+        "init_report": init_report,
+        "last": str(out / "last.pth"),
+        "best_checkpoint": str(out / "best.pth") if (out / "best.pth").exists() else None,
+        "wall_s": wall,
+        "images_per_s": images_seen / max(wall, 1e-9),
+    }
+    return summary
+
+
+def _check_finite(values: dict[str, float], step: int, epoch: int, out: Path) -> None:
+    bad = [k for k, v in values.items() if not math.isfinite(v) and k != "loss"]
+    if not bad and not math.isfinite(values["loss"]):
+        bad = ["loss"]
+    if bad:
+        raise NonFiniteLossError(
+            f"step {step} (epoch {epoch}): loss term {bad[0]} is {values[bad[0]]}"
+            f"{' (also ' + ', '.join(bad[1:]) + ')' if len(bad) > 1 else ''}; "
+            f"training stopped, the last good checkpoint is {out / 'last.pth'}"
+        )
+
+
+def _progress(batches, enabled: bool, stage: str, epoch: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=len(batches.loader) + initial, initial=initial, desc=f"{stage} epoch {epoch}")
