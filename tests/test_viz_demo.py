@@ -1,0 +1,371 @@
+"""viz.py (pictures), notebook_checks.py (what the notebooks measure) and demo.py (the patch
+localization demo), each checked against an independent computation."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import random
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from updetr_lite import demo, notebook_checks, viz  # noqa: E402
+from updetr_lite.models import HungarianMatcher, build_updetr, group_attention_mask  # noqa: E402
+
+MEAN = torch.tensor(viz.IMAGENET_MEAN)[:, None, None]
+STD = torch.tensor(viz.IMAGENET_STD)[:, None, None]
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def _image(h=48, w=64, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = demo.demo_config(smoke=True)
+    model = build_updetr(cfg).eval()
+    return model, cfg
+
+
+# ------------------------------------------------------------------------------ viz
+
+
+def test_to_display_undoes_imagenet_normalisation():
+    img = _image()
+    t = (torch.from_numpy(img).permute(2, 0, 1).float() / 255 - MEAN) / STD
+    np.testing.assert_allclose(viz.to_display(t), img / 255.0, atol=1e-5)
+    np.testing.assert_allclose(viz.to_display(img), img / 255.0, atol=1e-7)
+    with pytest.raises(ValueError, match="shape"):
+        viz.to_display(torch.zeros(2, 3, 4, 5))
+
+
+def test_box_conversions_match_formula_and_round_trip():
+    boxes = torch.tensor([[0.5, 0.25, 0.2, 0.1], [0.1, 0.9, 0.2, 0.2]])
+    h, w = 100, 200
+    got = viz.cxcywh_to_pixel_xyxy(boxes, (h, w))
+    for (cx, cy, bw, bh), row in zip(boxes.tolist(), got.tolist()):
+        expect = [(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h]
+        assert row == pytest.approx(expect, abs=1e-4)
+    torch.testing.assert_close(viz.pixel_xyxy_to_cxcywh(got, (h, w)), boxes)
+
+
+def test_smooth_is_a_trailing_mean():
+    v = [3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0]
+    got = viz.smooth(v, 3)
+    expect = [np.mean(v[max(0, i - 2) : i + 1]) for i in range(len(v))]
+    np.testing.assert_allclose(got, expect)
+    np.testing.assert_allclose(viz.smooth(v, 1), v)
+
+
+def test_attention_mask_picture_shows_the_groups():
+    n, m = 12, 3
+    ax = viz.plot_attention_mask(group_attention_mask(n, m))
+    shown = ax.images[0].get_array()
+    expect = np.array([[i // (n // m) == j // (n // m) for j in range(n)] for i in range(n)])
+    np.testing.assert_array_equal(np.asarray(shown), expect)
+    # one horizontal and one vertical border between neighbouring groups
+    assert len(ax.lines) == 2 * (m - 1)
+
+
+def test_cost_matrix_marks_the_assignment():
+    cost = torch.rand(6, 3)
+    rows, cols = notebook_checks.global_assignment(cost)
+    ax = viz.plot_cost_matrix(cost, (rows, cols), title="c")
+    offsets = ax.collections[0].get_offsets()
+    assert sorted(map(tuple, np.asarray(offsets).tolist())) == sorted(
+        zip(cols.tolist(), rows.tolist())
+    )
+    np.testing.assert_allclose(np.asarray(ax.images[0].get_array()), cost.numpy())
+
+
+def test_patch_gallery_and_boxes_draw_what_they_are_given():
+    patches = torch.randn(5, 3, 8, 8)
+    fig = viz.patch_gallery(patches, [f"p{i}" for i in range(5)], ncols=3)
+    assert sum(bool(a.images) for a in fig.axes) == 5
+    ax = viz.show_image(_image(), [[1, 2, 11, 22], [5, 5, 9, 9]], ["a", "b"])
+    rects = [p for p in ax.patches]
+    assert [(r.get_x(), r.get_y(), r.get_width(), r.get_height()) for r in rects] == [
+        (1, 2, 10, 20),
+        (5, 5, 4, 4),
+    ]
+    with pytest.raises(ValueError):
+        viz.patch_gallery([])
+
+
+def test_jsonl_series_and_curves(tmp_path):
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1, "loss": 3.0}\n\n{"step": 2}\n{"step": 3, "loss": 1.5}\n')
+    x, y = viz.series(viz.read_jsonl(log), "loss")
+    assert (x, y) == ([1, 3], [3.0, 1.5])
+    ax = viz.plot_curves({"run": (x, y)})
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), y)
+    (tmp_path / "bad.jsonl").write_text("{oops\n")
+    with pytest.raises(ValueError, match="bad.jsonl:1"):
+        viz.read_jsonl(tmp_path / "bad.jsonl")
+    with pytest.raises(FileNotFoundError):
+        viz.read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_capture_cross_attention_is_a_distribution_and_changes_nothing(tiny):
+    model, cfg = tiny
+    images, mask = torch.randn(2, 3, 64, 64), torch.zeros(2, 64, 64, dtype=torch.bool)
+    boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.6, 0.6, 0.3, 0.2]]).expand(2, -1, -1)
+    with torch.no_grad():
+        plain = model(images, mask, patch_boxes=boxes)
+        with viz.capture_cross_attention(model) as attn:
+            hooked = model(images, mask, patch_boxes=boxes)
+        again = model(images, mask, patch_boxes=boxes)
+    torch.testing.assert_close(plain["pred_boxes"], hooked["pred_boxes"])
+    assert len(attn) == cfg.model.dec_layers  # and hooks were removed: no more captures
+    torch.testing.assert_close(again["pred_boxes"], plain["pred_boxes"])
+    w = attn[-1]
+    assert w.shape == (2, model.num_queries, 16)  # 64 px / stride 16 = 4 x 4 memory
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, model.num_queries))
+    maps = viz.attention_maps(w, (4, 4))
+    assert maps.shape == (2, model.num_queries, 4, 4) and maps[0, 1, 2, 3] == w[0, 1, 11]
+    with pytest.raises(ValueError, match="grid"):
+        viz.attention_maps(w, (3, 4))
+    fig = viz.plot_attention_maps(images[0], maps[0, :2], [[0, 0, 10, 10], [5, 5, 30, 30]])
+    assert len(fig.axes) == 3
+
+
+# ------------------------------------------------------------------------------ notebook_checks
+
+
+def test_results_round_trip_and_missing_file(tmp_path):
+    notebook_checks.write_results(tmp_path / "r", "nb", {"a": 1.5, "ok": True})
+    assert notebook_checks.read_results(tmp_path / "r", "nb") == {"a": 1.5, "ok": True}
+    assert json.loads((tmp_path / "r" / "nb.json").read_text())["a"] == 1.5
+    with pytest.raises(FileNotFoundError, match="other"):
+        notebook_checks.read_results(tmp_path / "r", "other")
+
+
+def test_cost_terms_give_the_matchers_assignment():
+    torch.manual_seed(1)
+    logits, boxes = torch.randn(8, 3), torch.rand(8, 4) * 0.5 + 0.25
+    tgt = {"labels": torch.ones(3, dtype=torch.int64), "boxes": torch.rand(3, 4) * 0.4 + 0.3}
+    terms = notebook_checks.cost_terms(logits, boxes, tgt["labels"], tgt["boxes"])
+    # an independent evaluation of one cell
+    p = logits.softmax(-1)[2, 1]
+    l1 = (boxes[2] - tgt["boxes"][0]).abs().sum()
+    assert float(terms["class"][2, 0]) == pytest.approx(float(-p), abs=1e-6)
+    assert float(terms["bbox"][2, 0]) == pytest.approx(float(5 * l1), abs=1e-5)
+    torch.testing.assert_close(terms["total"], terms["class"] + terms["bbox"] + terms["giou"])
+    rows, cols = notebook_checks.global_assignment(terms["total"])
+    ((mr, mc),) = HungarianMatcher()(
+        {"pred_logits": logits[None], "pred_boxes": boxes[None]}, [tgt]
+    )
+    assert sorted(zip(rows.tolist(), cols.tolist())) == sorted(zip(mr.tolist(), mc.tolist()))
+    # brute force over every injective choice of 3 rows out of 8
+    best = min(
+        sum(float(terms["total"][r, c]) for c, r in enumerate(perm))
+        for perm in itertools.permutations(range(8), 3)
+    )
+    assert notebook_checks.assignment_cost(terms["total"], (rows, cols)) == pytest.approx(best)
+
+
+def test_per_group_assignment_stays_in_its_group_and_costs_no_less():
+    torch.manual_seed(2)
+    cost = torch.rand(12, 3)
+    rows, cols = notebook_checks.per_group_assignment(cost, 3)
+    assert cols.tolist() == [0, 1, 2]
+    for g, r in enumerate(rows.tolist()):
+        assert 4 * g <= r < 4 * (g + 1)
+        assert cost[r, g] == cost[4 * g : 4 * g + 4, g].min()
+    glob = notebook_checks.global_assignment(cost)
+    assert notebook_checks.assignment_cost(cost, glob) <= notebook_checks.assignment_cost(
+        cost, (rows, cols)
+    )
+    with pytest.raises(ValueError, match="divisible"):
+        notebook_checks.per_group_assignment(torch.rand(10, 3), 3)
+
+
+def test_group_influence_is_zero_across_masked_groups_only():
+    # two decoder layers: in the first, self-attention only mixes the all-zero decoder input,
+    # so groups can influence each other from the second layer on
+    cfg = demo.demo_config(smoke=True).override(["model.dec_layers=2"])
+    torch.manual_seed(3)
+    model = build_updetr(cfg).eval()
+    features, mask = torch.randn(1, 256, 4, 4), torch.zeros(1, 4, 4, dtype=torch.bool)
+    boxes = torch.tensor([[[0.3, 0.3, 0.3, 0.3], [0.7, 0.6, 0.3, 0.4]]])
+    masked = notebook_checks.group_influence(model, features, mask, boxes, group=0)
+    assert masked["own"] > 1e-4 and masked["others"] < 1e-6
+    model.attention_mask = False
+    try:
+        unmasked = notebook_checks.group_influence(model, features, mask, boxes, group=0)
+    finally:
+        model.attention_mask = True
+    assert unmasked["others"] > 1e-5
+    model.train()
+    with pytest.raises(ValueError, match="eval"):
+        notebook_checks.group_influence(model, features, mask, boxes, group=0)
+    model.eval()
+
+
+def test_loss_fell():
+    assert notebook_checks.loss_fell([5, 4, 3, 2, 1])
+    assert not notebook_checks.loss_fell([1, 2, 3, 4, 5])
+    assert not notebook_checks.loss_fell([1.0, float("nan")])
+    assert not notebook_checks.loss_fell([2.0, 1.9], min_drop=0.2)
+
+
+# ------------------------------------------------------------------------------ demo
+
+
+def test_prepare_image_follows_the_resize_rule():
+    images, mask = demo.prepare_image(_image(50, 100), 64, 100)
+    # shortest side 64 would make the longest 128 > 100: the longest side wins
+    assert images.shape == (1, 3, 50, 100) and mask.shape == (1, 50, 100) and not mask.any()
+    images, _ = demo.prepare_image(_image(50, 100), 40, 200)
+    assert images.shape == (1, 3, 40, 80)
+
+
+def test_query_patches_crop_the_box_and_boxes_are_checked():
+    img = np.zeros((40, 60, 3), np.uint8)
+    img[10:20, 30:50] = 255  # a white 20x10 block, exactly the box below
+    p = demo.query_patches(img, [[30, 10, 50, 20]], patch_size=8)
+    assert p.shape == (1, 3, 8, 8)
+    torch.testing.assert_close(
+        viz.to_display(p[0]), np.ones((8, 8, 3), np.float32), atol=1e-5, rtol=0
+    )
+    with pytest.raises(demo.DemoError, match="not inside"):
+        demo.check_boxes([[0, 0, 70, 10]], (40, 60))
+    with pytest.raises(demo.DemoError, match="no query patch"):
+        demo.check_boxes(torch.zeros(0, 4), (40, 60))
+
+
+def test_sample_patch_boxes_follow_the_authors_rule():
+    rng = random.Random(0)
+    h, w, lo = 64, 96, 12
+    for _ in range(50):
+        b = demo.sample_patch_boxes(h, w, 3, lo, rng)
+        xyxy = viz.cxcywh_to_pixel_xyxy(b, (h, w))
+        sides = xyxy[:, 2:] - xyxy[:, :2]
+        assert (
+            (xyxy >= -1e-4).all()
+            and (xyxy[:, 2] <= w + 1e-4).all()
+            and (xyxy[:, 3] <= h + 1e-4).all()
+        )
+        assert (sides[:, 0] >= lo - 1e-4).all() and (sides[:, 0] <= w - lo + 1e-4).all()
+        assert (sides[:, 1] >= lo - 1e-4).all() and (sides[:, 1] <= h - lo + 1e-4).all()
+
+
+def _iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    area = lambda z: (z[2] - z[0]) * (z[3] - z[1])  # noqa: E731
+    return inter / (area(a) + area(b) - inter)
+
+
+def test_localize_returns_pixel_boxes_and_their_iou(tiny):
+    model, cfg = tiny
+    img = _image(60, 80)
+    q = [[10, 10, 40, 30], [40, 20, 70, 50]]
+    r = demo.localize_patches_in_image(model, cfg, img, q)
+    assert r["boxes"].shape == (2, 4) and r["scores"].shape == (2,)
+    assert ((r["scores"] > 0) & (r["scores"] < 1)).all()
+    assert (r["boxes"][:, 2] <= 80 + 1e-3).all() and (r["boxes"][:, 3] <= 60 + 1e-3).all()
+    for i in range(2):
+        assert float(r["iou"][i]) == pytest.approx(_iou(r["boxes"][i].tolist(), q[i]), abs=1e-5)
+    aug = demo.localize_patches_in_image(model, cfg, img, q, augment=True, seed=1)
+    assert not torch.allclose(aug["boxes"], r["boxes"])  # the patch feature changed
+    with pytest.raises(demo.DemoError, match="at most"):
+        demo.localize_patches_in_image(model, cfg, img, q * 2)
+
+
+def test_checkpoint_round_trip_in_both_formats(tiny, tmp_path):
+    model, cfg = tiny
+    img, q = _image(64, 64), [[5, 5, 30, 40]]
+    ref = demo.localize_patches_in_image(model, cfg, img, q)
+    path = demo.save_demo_checkpoint(model, cfg, tmp_path / "kit.pth")
+    loaded, cfg2 = demo.load_demo_model(path)
+    torch.testing.assert_close(
+        demo.localize_patches_in_image(loaded, cfg2, img, q)["boxes"], ref["boxes"]
+    )
+    # the authors' layout: their names for the patch projection and reconstruction head
+    sd = {}
+    for k, v in model.state_dict().items():
+        k = k.replace("patch_proj.", "patch2query.")
+        k = k.replace("reconstruction_head.0.", "feature_align.layers.0.")
+        k = k.replace("reconstruction_head.2.", "feature_align.layers.1.")
+        sd[k] = v
+    torch.save({"model": sd, "args": argparse.Namespace(num_patches=2)}, tmp_path / "authors.pth")
+    authors, acfg = demo.load_demo_model(tmp_path / "authors.pth")
+    assert (acfg.model.backbone, acfg.model.backbone_layer) == ("resnet18", "layer3")
+    assert (acfg.model.hidden_dim, acfg.model.num_queries) == (
+        cfg.model.hidden_dim,
+        cfg.model.num_queries,
+    )
+    assert authors.patch_feature == "crop" and acfg.pretext.num_patches == 2
+    for name, p in model.state_dict().items():
+        if name != "group_mask":
+            torch.testing.assert_close(authors.state_dict()[name], p)
+    torch.save({"model": {"foo": torch.zeros(1)}}, tmp_path / "junk.pth")
+    with pytest.raises(demo.DemoError, match="not an UP-DETR"):
+        demo.load_demo_model(tmp_path / "junk.pth")
+
+
+def test_ensure_checkpoint_uses_a_given_file_or_trains_one(tmp_path):
+    with pytest.raises(FileNotFoundError, match="authors' checkpoint not found"):
+        demo.ensure_lite_checkpoint(authors_checkpoint=tmp_path / "none.pth")
+    given = tmp_path / "given.pth"
+    given.write_bytes(b"x")
+    assert demo.ensure_lite_checkpoint(authors_checkpoint=given) == given
+    path = demo.ensure_lite_checkpoint(tmp_path / "demo.pth", smoke=True, steps=60, progress=False)
+    ckpt = torch.load(path, weights_only=False)
+    assert ckpt["kind"] == "pretext" and ckpt["step"] == 60
+    losses = ckpt["losses"]
+    assert np.mean(losses[-15:]) < np.mean(losses[:15])  # training went downhill
+    mtime = path.stat().st_mtime
+    assert demo.ensure_lite_checkpoint(path, smoke=True) == path and path.stat().st_mtime == mtime
+
+
+def test_demo_state_summary_figure_and_widgets(tiny):
+    model, cfg = tiny
+    photos = {"a": _image(64, 64, 1), "b": _image(48, 80, 2)}
+    state = demo.DemoState(model, cfg, photos["a"], [])
+    state.boxes = state.default_boxes(2)
+    text = state.summary()
+    assert text.count("\n") == 1 and "IoU" in text
+    ax = demo.static_demo_figure(state)
+    assert len(ax.patches) == 4  # 2 query boxes + 2 predictions
+    ui = demo.build_demo(state, photos, num_patches=2)
+    sliders = [w for w in _walk(ui) if type(w).__name__ == "IntSlider"]
+    textarea = next(w for w in _walk(ui) if type(w).__name__ == "Textarea")
+    before = textarea.value
+    x0 = next(s for s in sliders if s.description == "x 0")
+    x0.value = x0.value + 10
+    assert state.boxes[0][0] == x0.value and textarea.value != before
+    dropdown = next(w for w in _walk(ui) if type(w).__name__ == "Dropdown")
+    dropdown.value = "b"
+    assert state.image.shape == (48, 80, 3) and x0.max == 78
+
+
+def _walk(w):
+    yield w
+    for c in getattr(w, "children", ()):
+        yield from _walk(c)
+
+
+def test_read_image_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="image file not found"):
+        demo.read_image(tmp_path / "none.png")
+    (tmp_path / "x.png").write_text("not a png")
+    with pytest.raises(demo.DemoError, match="not an image"):
+        demo.read_image(str(tmp_path / "x.png"))

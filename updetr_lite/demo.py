@@ -1,0 +1,694 @@
+"""The patch-localization demo (notebook 06): choose an image and query patches, see where the
+pre-trained UP-DETR finds them.
+
+- ``prepare_image``, ``query_patches``, ``localize_patches_in_image``: one prediction, pixel
+  ``xyxy`` boxes in and out, with or without the SimCLR-style augmentation of the patches.
+- ``ensure_lite_checkpoint``: the kit's lite pretext checkpoint, trained on first use on the
+  demo's photos (a progress bar shows it), or the authors' UP-DETR checkpoint from a local path
+  (``load_demo_model`` reads both).
+- ``DemoState`` and ``build_demo``: the ipywidgets user interface (image choice, path or
+  upload, x/y/w/h sliders per patch, augmentation toggle, the boxes as text and as a picture);
+  ``static_demo_figure`` is the same picture without widgets, for headless runs (papermill).
+
+Patch features: a checkpoint with ``patch_feature='crop'`` (the paper, the authors' release)
+runs the CNN on the resized crop; one with ``'roi'`` (the lite setting) pools the CNN feature
+map of the image over the patch box. With augmentation on, the roi patch feature is pooled
+from an augmented copy of the whole image while the decoder still looks at the clean image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.ops import box_convert, box_iou
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+from .config import Config, get_config
+from .viz import COLORS, IMAGENET_MEAN, IMAGENET_STD, draw_boxes, show_image
+
+DEMO_DIR = Path(".cache/updetr_lite/demo")
+
+
+class DemoError(ValueError):
+    """A demo input that cannot work (image file, box, checkpoint); one-line message."""
+
+
+# ---------------------------------------------------------------- images and query patches
+
+
+def as_uint8_image(image) -> np.ndarray:
+    """HxWx3 uint8 from a HxW or HxWx3/4 array (bool, uint8 or float in [0, 1])."""
+    a = np.asarray(image)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    if a.ndim == 2:
+        a = np.stack([a] * 3, -1)
+    if a.ndim != 3 or a.shape[-1] not in (3, 4):
+        raise DemoError(f"expected an image HxW or HxWx3, got shape {a.shape}")
+    a = a[..., :3]
+    if a.dtype != np.uint8:
+        a = (np.clip(a.astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+def read_image(source) -> np.ndarray:
+    """An image file (path) or its bytes (an upload) -> HxWx3 uint8."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            img = Image.open(io.BytesIO(bytes(source)))
+        else:
+            p = Path(source).expanduser()
+            if not p.is_file():
+                raise FileNotFoundError(f"image file not found: {p}")
+            img = Image.open(p)
+        return as_uint8_image(np.asarray(img.convert("RGB")))
+    except UnidentifiedImageError as e:
+        raise DemoError(
+            f"not an image file: {source if isinstance(source, str) else 'upload'}"
+        ) from e
+
+
+def _resize_hw(h: int, w: int, size: int, max_size: int) -> tuple[int, int]:
+    """Shortest side ``size``, longest at most ``max_size`` (DETR's resize rule)."""
+    scale = min(size / min(h, w), max_size / max(h, w))
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
+def _normalize(t: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> float ImageNet-normalised."""
+    return TF.normalize(t.float() / 255, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def prepare_image(image: np.ndarray, size: int, max_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """HxWx3 uint8 -> (images [1, 3, H', W'] normalised, mask [1, H', W'] all False)."""
+    t = torch.from_numpy(as_uint8_image(image)).permute(2, 0, 1)
+    h, w = _resize_hw(t.shape[1], t.shape[2], size, max_size)
+    t = TF.resize(t, [h, w], antialias=True)
+    return _normalize(t)[None], torch.zeros(1, h, w, dtype=torch.bool)
+
+
+def patch_augmentation(patch_size: int) -> v2.Transform:
+    """SimCLR-style colour augmentation of the authors' pre-training (no flip):
+    ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2, Gaussian blur sigma 0.1..2 p=0.5."""
+    k = max(3, (patch_size // 10) | 1)  # odd kernel, about a tenth of the patch
+    return v2.Compose(
+        [
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            v2.RandomApply([v2.GaussianBlur(k, sigma=(0.1, 2.0))], p=0.5),
+        ]
+    )
+
+
+def check_boxes(boxes_xyxy, size: tuple[int, int]) -> torch.Tensor:
+    """Pixel xyxy boxes [k, 4] inside an image of size (h, w), each at least 2 px a side."""
+    b = torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4)
+    h, w = size
+    if len(b) == 0:
+        raise DemoError("no query patch given: need at least one box x0, y0, x1, y1")
+    for x0, y0, x1, y1 in b.tolist():
+        if not (0 <= x0 and 0 <= y0 and x1 <= w and y1 <= h and x1 - x0 >= 2 and y1 - y0 >= 2):
+            raise DemoError(
+                f"query patch box {[round(v, 1) for v in (x0, y0, x1, y1)]} is not inside the "
+                f"{w}x{h} image with sides of at least 2 px"
+            )
+    return b
+
+
+def query_patches(image: np.ndarray, boxes_xyxy, patch_size: int, augment: bool = False):
+    """Crop pixel xyxy boxes from the full-resolution image, resize to patch_size, optionally
+    augment -> [k, 3, p, p] normalised (what a 'crop' model receives)."""
+    img = torch.from_numpy(as_uint8_image(image)).permute(2, 0, 1)
+    b = check_boxes(boxes_xyxy, img.shape[1:]).round().long()
+    aug = patch_augmentation(patch_size) if augment else None
+    out = []
+    for x0, y0, x1, y1 in b.tolist():
+        p = TF.resize(img[:, y0:y1, x0:x1], [patch_size, patch_size], antialias=True)
+        out.append(aug(p) if aug is not None else p)
+    return _normalize(torch.stack(out))
+
+
+def augment_image(image: np.ndarray, generator_seed: int | None = None) -> np.ndarray:
+    """The patch augmentation applied to the whole image (roi models take their patch feature
+    from this copy when augmentation is on)."""
+    if generator_seed is not None:
+        torch.manual_seed(generator_seed)
+    t = torch.from_numpy(as_uint8_image(image)).permute(2, 0, 1)
+    return patch_augmentation(max(t.shape[1:]) // 4)(t).permute(1, 2, 0).numpy()
+
+
+# ---------------------------------------------------------------- prediction
+
+
+def model_input_size(model, cfg: Config) -> tuple[int, int]:
+    d = cfg.data
+    return max(d.pretext_scales), d.pretext_max_size
+
+
+@torch.no_grad()
+def localize_patches_in_image(
+    model, cfg: Config, image: np.ndarray, boxes_xyxy, augment: bool = False, seed: int = 0
+) -> dict:
+    """Where does the model find each query patch?
+
+    image HxWx3 uint8, boxes_xyxy [k, 4] pixels (k <= M) -> dict(boxes [k, 4] xyxy pixels of
+    the image, scores [k] probability of the query-patch class, query_boxes [k, 4] the input,
+    iou [k] between each prediction and its own query patch box)."""
+    model.eval()
+    image = as_uint8_image(image)
+    h, w = image.shape[:2]
+    boxes = check_boxes(boxes_xyxy, (h, w))
+    if len(boxes) > model.num_patches:
+        raise DemoError(f"{len(boxes)} query patches, the model takes at most {model.num_patches}")
+    size, max_size = model_input_size(model, cfg)
+    images, mask = prepare_image(image, size, max_size)
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+    patch_boxes = box_convert(boxes / scale, "xyxy", "cxcywh")[None]
+    features, fmask = model.backbone(images, mask)
+    if model.patch_feature == "crop":
+        torch.manual_seed(seed)
+        patches = query_patches(image, boxes, cfg.pretext.patch_size, augment)
+        patch_feature = model.backbone.patch_feature(patches)[None]
+    elif augment:
+        aug_images, aug_mask = prepare_image(augment_image(image, seed), size, max_size)
+        aug_features, aug_fmask = model.backbone(aug_images, aug_mask)
+        patch_feature = model.roi_patch_feature(aug_features, aug_fmask, patch_boxes)
+    else:
+        patch_feature = model.roi_patch_feature(features, fmask, patch_boxes)
+    out = model.forward_features(features, fmask, patch_feature=patch_feature)
+    pred, scores = model.localize(out)
+    pred_xyxy = box_convert(pred[0].float(), "cxcywh", "xyxy") * scale
+    return {
+        "boxes": pred_xyxy,
+        "scores": scores[0].float(),
+        "query_boxes": boxes,
+        "iou": box_iou(pred_xyxy, boxes).diagonal(),
+    }
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def save_demo_checkpoint(model, cfg: Config, path, **extra) -> Path:
+    """A pretext checkpoint in the engine's format (kind, num_classes, model, config)."""
+    from .engine.checkpoint import atomic_save
+
+    path = Path(path)
+    atomic_save(
+        {
+            "kind": "pretext",
+            "num_classes": 2,
+            "model": model.state_dict(),
+            "config": cfg.to_dict(),
+            **extra,
+        },
+        path,
+    )
+    return path
+
+
+def _count_blocks(sd: dict, prefix: str, stage: str) -> int:
+    ids = {
+        k[len(prefix) + len(stage) + 1 :].split(".")[0]
+        for k in sd
+        if k.startswith(f"{prefix}{stage}.")
+    }
+    return len(ids)
+
+
+def config_from_authors_state(sd: dict, num_patches: int = 10) -> Config:
+    """The paper configuration that fits a state dict in the authors' layout (their
+    ``up-detr-pre-training-60ep-imagenet.pth`` has ResNet-50, width 256, N = 100, M = 10)."""
+    from .models.weights import DETR_CNN_PREFIX
+
+    if "query_embed.weight" not in sd or "patch2query.weight" not in sd:
+        raise DemoError("not an UP-DETR pre-training checkpoint: no query_embed / patch2query keys")
+    cfg = get_config("paper")
+    n, d = sd["query_embed.weight"].shape
+    enc = len({k.split(".")[3] for k in sd if k.startswith("transformer.encoder.layers.")})
+    dec = len({k.split(".")[3] for k in sd if k.startswith("transformer.decoder.layers.")})
+    bottleneck = any(k.startswith(DETR_CNN_PREFIX + "layer1.0.conv3") for k in sd)
+    blocks3 = _count_blocks(sd, DETR_CNN_PREFIX, "layer3")
+    name = {
+        (False, 2): "resnet18",
+        (False, 6): "resnet34",
+        (True, 6): "resnet50",
+        (True, 23): "resnet101",
+    }.get((bottleneck, blocks3))
+    if name is None:
+        raise DemoError(f"cannot tell the ResNet of this checkpoint ({blocks3} blocks in layer3)")
+    layer = "layer4" if any(k.startswith(DETR_CNN_PREFIX + "layer4.") for k in sd) else "layer3"
+    cfg.model = dataclasses.replace(
+        cfg.model,
+        backbone=name,
+        backbone_layer=layer,
+        hidden_dim=d,
+        num_queries=n,
+        enc_layers=enc,
+        dec_layers=dec,
+        dim_feedforward=sd["transformer.encoder.layers.0.linear1.weight"].shape[0]
+        if enc
+        else cfg.model.dim_feedforward,
+        pre_norm="transformer.encoder.norm.weight" in sd,
+        dropout=0.0,
+    )
+    cfg.pretext = dataclasses.replace(
+        cfg.pretext, num_patches=num_patches, patch_feature="crop", query_shuffle=False
+    )
+    return cfg.validate()
+
+
+def load_demo_model(path) -> tuple[torch.nn.Module, Config]:
+    """(UPDETR in eval mode, its Config) from this kit's pretext checkpoint or the authors'."""
+    from .engine.checkpoint import load_checkpoint
+    from .models import build_updetr
+    from .models.weights import AUTHOR_NAMES
+
+    ckpt = load_checkpoint(path)
+    sd = ckpt.get("model", ckpt)
+    if "config" in ckpt:
+        cfg = Config.from_dict(ckpt["config"])
+        if ckpt.get("kind", "pretext") != "pretext":
+            raise DemoError(f"{path}: a {ckpt['kind']} checkpoint; the demo needs a pretext one")
+    else:  # the authors' release: {'model': ..., 'args': Namespace}
+        args = ckpt.get("args")
+        cfg = config_from_authors_state(sd, getattr(args, "num_patches", 10) or 10)
+        renamed = {}
+        for k, v in sd.items():
+            for old, new in AUTHOR_NAMES.items():
+                if k.startswith(old):
+                    k = new + k[len(old) :]
+                    break
+            renamed[k] = v
+        sd = renamed
+    model = build_updetr(cfg)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.endswith("group_mask")]
+    if missing or unexpected:
+        raise DemoError(
+            f"{path}: does not fit the UP-DETR model: missing {missing[:3]} ({len(missing)}), "
+            f"unexpected {unexpected[:3]} ({len(unexpected)})"
+        )
+    return model.eval(), cfg
+
+
+# ---------------------------------------------------------------- training the lite checkpoint
+
+
+def demo_config(smoke: bool) -> Config:
+    """The demo's checkpoint settings: the lite model (smoke: the smoke model, 64 px images)."""
+    cfg = get_config("smoke" if smoke else "lite")
+    cfg.pretext = dataclasses.replace(cfg.pretext, patch_dropout=0.0 if smoke else 0.1)
+    return cfg.validate()
+
+
+def sample_patch_boxes(h: int, w: int, m: int, min_patch: int, rng: random.Random) -> torch.Tensor:
+    """M random query-patch boxes [M, 4] cxcywh normalised in an h x w image: sides uniform in
+    [min_patch, side - min_patch] px (the authors' rule), top-left uniform where it fits."""
+    out = []
+    for _ in range(m):
+        bw = rng.randint(min(min_patch, w // 2), max(min(min_patch, w // 2), w - min_patch))
+        bh = rng.randint(min(min_patch, h // 2), max(min(min_patch, h // 2), h - min_patch))
+        x0, y0 = rng.randint(0, w - bw), rng.randint(0, h - bh)
+        out.append([(x0 + bw / 2) / w, (y0 + bh / 2) / h, bw / w, bh / h])
+    return torch.tensor(out, dtype=torch.float32)
+
+
+def train_demo_checkpoint(
+    cfg: Config,
+    images: list[np.ndarray],
+    out_path,
+    steps: int,
+    batch_size: int = 8,
+    augmented_copies: int = 2,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Pre-train UP-DETR (random query patch detection, roi patch features) on a few images
+    and save the checkpoint. The frozen CNN runs once per image (and per augmented copy);
+    each step takes one image, ``batch_size`` sets of M random patches in it.
+    Returns {"path", "losses" (per step), "seconds"}."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    from .models import build_criterion, build_updetr
+
+    if cfg.pretext.patch_feature != "roi":
+        raise DemoError(
+            "train_demo_checkpoint trains roi patch features (pretext.patch_feature='roi')"
+        )
+    if not images:
+        raise DemoError("train_demo_checkpoint: no images to train on")
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    model, criterion = build_updetr(cfg), build_criterion(cfg, pretext=True)
+    size, max_size = max(cfg.data.pretext_scales), cfg.data.pretext_max_size
+    cache = []
+    with torch.no_grad():
+        model.eval()
+        for i, img in enumerate(images):
+            views = [img] + [
+                augment_image(img, seed * 1000 + i * 10 + a) for a in range(augmented_copies)
+            ]
+            feats = []
+            for v in views:
+                x, m = prepare_image(v, size, max_size)
+                feats.append(model.backbone(x, m))
+            cache.append(feats)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.pretrain.lr, weight_decay=cfg.pretrain.weight_decay)
+    model.train()
+    losses, t0 = [], time.time()
+    m_patches = cfg.pretext.num_patches
+    bar = tqdm(range(steps), desc="pre-training the demo checkpoint", disable=not progress)
+    for step in bar:
+        views = cache[step % len(cache)]
+        features, fmask = views[0]
+        h, w = images[step % len(cache)].shape[:2]
+        boxes = torch.stack(
+            [
+                sample_patch_boxes(h, w, m_patches, cfg.pretext.min_patch, rng)
+                for _ in range(batch_size)
+            ]
+        )
+        # patch features: each set of patches from the clean image or an augmented copy
+        pf = torch.cat(
+            [
+                model.roi_patch_feature(*views[rng.randrange(len(views))], boxes[b : b + 1])
+                for b in range(batch_size)
+            ]
+        )
+        feats = features.expand(batch_size, -1, -1, -1)
+        out = model.forward_features(feats, fmask.expand(batch_size, -1, -1), patch_feature=pf)
+        targets = [
+            {"boxes": bx, "labels": torch.ones(m_patches, dtype=torch.int64)} for bx in boxes
+        ]
+        loss = criterion(out, targets)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.pretrain.clip_max_norm > 0:
+            torch.nn.utils.clip_grad_norm_(params, cfg.pretrain.clip_max_norm)
+        opt.step()
+        losses.append(loss.item())
+        if step % 10 == 0:
+            bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
+    model.eval()
+    path = save_demo_checkpoint(model, cfg, out_path, step=steps, losses=losses)
+    return {"path": str(path), "losses": losses, "seconds": time.time() - t0}
+
+
+def demo_photos(smoke: bool = False) -> dict[str, np.ndarray]:
+    """The demo's images: the embedded photos (``updetr_lite.data.photos``), HxWx3 uint8."""
+    try:
+        from .data.photos import load_photos
+    except ImportError:  # the data package is optional for the demo: scikit-image's photos
+        import skimage.data as sd
+
+        photos = {n: getattr(sd, n)() for n in ("astronaut", "coffee", "chelsea", "rocket")}
+    else:
+        photos = load_photos()
+    photos = {k: as_uint8_image(v) for k, v in photos.items()}
+    if smoke:
+        photos = dict(list(photos.items())[:1])
+    return photos
+
+
+def ensure_lite_checkpoint(
+    path=None,
+    smoke: bool = False,
+    authors_checkpoint=None,
+    steps: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """The checkpoint the demo uses.
+
+    - ``authors_checkpoint``: a local path to the authors' (or any) UP-DETR pre-training
+      checkpoint; returned as is (FileNotFoundError if absent; nothing is downloaded).
+    - else ``path`` (default ``.cache/updetr_lite/demo/lite.pth``, ``smoke.pth`` when smoke):
+      trained on first use on the demo photos with a progress bar, reused afterwards.
+    """
+    if authors_checkpoint:
+        p = Path(authors_checkpoint).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"authors' checkpoint not found: {p} (download it yourself)")
+        return p
+    p = Path(path) if path else DEMO_DIR / ("smoke.pth" if smoke else "lite.pth")
+    if p.is_file():
+        return p
+    cfg = demo_config(smoke)
+    photos = demo_photos(smoke)
+    steps = steps or (3000 if smoke else 3000)
+    train_demo_checkpoint(
+        cfg,
+        list(photos.values()),
+        p,
+        steps,
+        batch_size=8 if smoke else 16,
+        augmented_copies=1 if smoke else 3,
+        progress=progress,
+    )
+    return p
+
+
+# ---------------------------------------------------------------- the user interface
+
+
+@dataclasses.dataclass
+class DemoState:
+    """What the demo shows: an image, k query patches (pixel xyxy), augmentation on/off, and
+    the last prediction."""
+
+    model: torch.nn.Module
+    cfg: Config
+    image: np.ndarray
+    boxes: list[list[float]]
+    augment: bool = False
+    seed: int = 0
+    result: dict | None = None
+
+    def default_boxes(self, k: int) -> list[list[float]]:
+        h, w = self.image.shape[:2]
+        side_w, side_h = w // 4, h // 4
+        out = []
+        for i in range(k):
+            x0 = int(w * (0.1 + 0.5 * (i % 2)))
+            y0 = int(h * (0.1 + 0.5 * ((i // 2) % 2)))
+            out.append([x0, y0, x0 + side_w, y0 + side_h])
+        return out
+
+    def set_image(self, image: np.ndarray) -> None:
+        self.image = as_uint8_image(image)
+        self.boxes = self.default_boxes(len(self.boxes) or 1)
+
+    def update(self) -> dict:
+        self.result = localize_patches_in_image(
+            self.model, self.cfg, self.image, self.boxes, self.augment, self.seed
+        )
+        return self.result
+
+    def summary(self) -> str:
+        """One line per patch: query box -> predicted box, score, IoU (what the page shows)."""
+        if self.result is None:
+            self.update()
+        lines = []
+        r = self.result
+        for i in range(len(r["boxes"])):
+            q = ", ".join(f"{v:.0f}" for v in r["query_boxes"][i].tolist())
+            b = ", ".join(f"{v:.1f}" for v in r["boxes"][i].tolist())
+            lines.append(
+                f"patch {i}: query [{q}] -> predicted [{b}] "
+                f"score {float(r['scores'][i]):.3f} IoU {float(r['iou'][i]):.3f}"
+            )
+        return "\n".join(lines)
+
+
+def static_demo_figure(state: DemoState, ax=None):
+    """The demo's picture without widgets: query patches dashed, predictions solid with scores."""
+    import matplotlib.pyplot as plt
+
+    if state.result is None:
+        state.update()
+    r = state.result
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 6))
+    k = len(r["boxes"])
+    colors = [COLORS[i % len(COLORS)] for i in range(k)]
+    show_image(
+        state.image,
+        r["query_boxes"],
+        [f"patch {i}" for i in range(k)],
+        ax=ax,
+        colors=colors,
+        linestyle="--",
+    )
+    draw_boxes(ax, r["boxes"], [f"{float(s):.2f}" for s in r["scores"]], colors)
+    ax.set_title(
+        "query patches (dashed) and where the model finds them (solid, score)"
+        + (" - augmented" if state.augment else ""),
+        fontsize=9,
+    )
+    return ax
+
+
+def build_demo(state: DemoState, photos: dict[str, np.ndarray], num_patches: int = 1):
+    """The ipywidgets interface; returns the top widget. Each change re-runs the prediction
+    and redraws. The text area (class ``updetr-demo-boxes``) holds ``state.summary()``."""
+    import ipywidgets as W
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    k = max(1, min(num_patches, state.model.num_patches))
+    state.boxes = state.default_boxes(k) if len(state.boxes) != k else state.boxes
+    out = W.Output()
+    text = W.Textarea(layout=W.Layout(width="100%", height=f"{1.6 * k + 1:.1f}em"), disabled=True)
+    text.add_class("updetr-demo-boxes")
+    error = W.HTML()
+    choose = W.Dropdown(options=list(photos), description="image")
+    path = W.Text(
+        placeholder="or a path to an image file, then Enter",
+        description="path",
+        continuous_update=False,
+    )
+    upload = W.FileUpload(accept="image/*", multiple=False, description="upload")
+    augment = W.Checkbox(value=state.augment, description="augment query patches")
+    sliders: list[dict[str, W.IntSlider]] = []
+
+    def redraw():
+        try:
+            state.update()
+            error.value = ""
+        except (ValueError, FileNotFoundError) as e:
+            error.value = f"<b style='color:#b00'>{e}</b>"
+            return
+        text.value = state.summary()
+        with out:
+            out.clear_output(wait=True)
+            fig, ax = plt.subplots(figsize=(5.5, 5.5))
+            static_demo_figure(state, ax)
+            display(fig)
+            plt.close(fig)
+
+    busy = {"on": False}
+
+    def sync_sliders():
+        h, w = state.image.shape[:2]
+        busy["on"] = True
+        for s, (x0, y0, x1, y1) in zip(sliders, state.boxes):
+            s["x"].max, s["w"].max, s["y"].max, s["h"].max = w - 2, w, h - 2, h
+            s["x"].value, s["y"].value = int(x0), int(y0)
+            s["w"].value, s["h"].value = int(x1 - x0), int(y1 - y0)
+        busy["on"] = False
+
+    def on_slider(_change=None):
+        if busy["on"]:
+            return
+        h, w = state.image.shape[:2]
+        boxes = []
+        for s in sliders:
+            x0, y0 = s["x"].value, s["y"].value
+            x1, y1 = min(w, x0 + max(2, s["w"].value)), min(h, y0 + max(2, s["h"].value))
+            boxes.append([x0, y0, max(x1, x0 + 2), max(y1, y0 + 2)])
+        state.boxes = boxes
+        redraw()
+
+    def new_image(img):
+        state.set_image(img)
+        state.boxes = state.default_boxes(k)
+        sync_sliders()
+        redraw()
+
+    def on_choose(change):
+        new_image(photos[change["new"]])
+
+    def on_path(_widget):
+        try:
+            new_image(read_image(path.value))
+        except (ValueError, FileNotFoundError) as e:
+            error.value = f"<b style='color:#b00'>{e}</b>"
+
+    def on_upload(change):
+        files = change["new"]
+        if files:
+            try:
+                new_image(read_image(files[0]["content"]))
+            except (ValueError, FileNotFoundError) as e:
+                error.value = f"<b style='color:#b00'>{e}</b>"
+
+    def on_augment(change):
+        state.augment = bool(change["new"])
+        redraw()
+
+    rows = []
+    for i in range(k):
+        s = {
+            n: W.IntSlider(
+                description=f"{n} {i}",
+                min=0 if n in "xy" else 2,
+                max=10,
+                continuous_update=False,
+                layout=W.Layout(width="260px"),
+            )
+            for n in ("x", "y", "w", "h")
+        }
+        for sl in s.values():
+            sl.add_class(f"updetr-demo-{sl.description.replace(' ', '')}")
+            sl.observe(on_slider, names="value")
+        sliders.append(s)
+        rows.append(W.HBox(list(s.values())))
+    sync_sliders()
+    choose.observe(on_choose, names="value")
+    path.observe(on_path, names="value")
+    upload.observe(on_upload, names="value")
+    augment.observe(on_augment, names="value")
+    redraw()
+    return W.VBox([W.HBox([choose, upload]), path, augment, *rows, error, text, out])
+
+
+def open_demo(
+    checkpoint,
+    photos: dict[str, np.ndarray],
+    image_name: str | None = None,
+    interactive: bool = True,
+    num_patches: int = 2,
+) -> DemoState:
+    """Load the checkpoint and show the demo: widgets when ``interactive``, else the static
+    figure and the text summary (headless runs). Returns the DemoState."""
+    from IPython.display import display
+
+    model, cfg = load_demo_model(checkpoint)
+    name = image_name or next(iter(photos))
+    state = DemoState(model, cfg, as_uint8_image(photos[name]), [])
+    state.boxes = state.default_boxes(min(num_patches, model.num_patches))
+    if interactive:
+        display(build_demo(state, photos, len(state.boxes)))
+    else:
+        state.update()
+        print(state.summary())
+        static_demo_figure(state)
+    return state
+
+
+def training_image_patch_check(
+    model, cfg: Config, image: np.ndarray, box_xyxy, augment: bool = False
+) -> float:
+    """IoU of the model's box for one query patch cut from ``image`` at ``box_xyxy``."""
+    return float(localize_patches_in_image(model, cfg, image, [box_xyxy], augment)["iou"][0])
+
+
+def env_flag(name: str) -> bool:
+    """True when the environment variable is set to 1/true/yes (e.g. UPDETR_DEMO_SMOKE)."""
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+
+
+Callback = Callable[[], None]
