@@ -27,7 +27,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from ..fastpath import FrozenCNN
 from . import distributed as du
 from .checkpoint import atomic_save
 
@@ -45,42 +44,29 @@ def check_cacheable(trainable_cnn: bool, section: str) -> None:
         )
 
 
-class _Trunk(nn.Module):
-    """The Backbone's ResNet trunk as a plain images -> map function (for FrozenCNN)."""
-
-    def __init__(self, body: nn.Module):
-        super().__init__()
-        self.body = body
-
-    def forward(self, x):
-        return self.body(x)["0"]
-
-
 class FeatureExtractor:
-    """The frozen CNN of a DETR/UP-DETR as an inference function."""
+    """The frozen CNN of a DETR/UP-DETR as an inference function.
 
-    def __init__(self, backbone: nn.Module, device: torch.device, bf16: bool | None = None):
-        cnn = backbone[0] if isinstance(backbone, nn.Sequential) else backbone  # Joiner
-        self.cnn = FrozenCNN(_Trunk(cnn.body), bf16=bf16).to(device)
+    Calls the model's own Backbone under ``torch.no_grad``, so cached maps are exactly what the
+    model computes on the fly (with its fast path when ``model.fast_cnn``).
+    """
+
+    def __init__(self, backbone: nn.Module, device: torch.device):
+        self.cnn = backbone[0] if isinstance(backbone, nn.Sequential) else backbone  # Joiner
         self.device = device
-        self.weights_hash = weights_hash(cnn)
+        self.weights_hash = weights_hash(self.cnn)
 
-    @property
-    def bf16(self) -> bool:
-        from ..fastpath import bf16_supported
-
-        return bf16_supported(self.device) if self.cnn.bf16 is None else self.cnn.bf16
-
+    @torch.no_grad()
     def images(self, images: torch.Tensor, mask: torch.Tensor):
         """images [B, 3, H, W], mask [B, H, W] -> (features [B, C, h, w], mask [B, h, w])."""
-        feats = self.cnn(images.to(self.device))
-        small = nn.functional.interpolate(mask[None].float().to(self.device), feats.shape[-2:])
-        return feats, small[0].bool()
+        feats, small = self.cnn(images.to(self.device), mask.to(self.device))
+        return feats.float(), small
 
+    @torch.no_grad()
     def patches(self, patches: torch.Tensor) -> torch.Tensor:
         """patches [B, M, 3, p, p] -> patch features [B, M, C] (global average pool)."""
         b, m = patches.shape[:2]
-        return self.cnn(patches.flatten(0, 1).to(self.device)).mean((2, 3)).view(b, m, -1)
+        return self.cnn.patch_feature(patches.flatten(0, 1).to(self.device)).float().view(b, m, -1)
 
 
 def weights_hash(cnn: nn.Module) -> str:
@@ -110,33 +96,32 @@ def compute_maps(extractor: FeatureExtractor, loader, desc: str = "features") ->
     """
     from tqdm.auto import tqdm
 
-    store = torch.bfloat16 if extractor.bf16 else torch.float32  # bf16 maps are exact in bf16
     maps = []
     for batch in tqdm(loader, desc=desc, disable=not du.is_main_process(), leave=False):
         feats, fmask = extractor.images(batch[0], batch[1])
         for f, m in zip(feats, fmask):
             h, w = int((~m[:, 0]).sum()), int((~m[0, :]).sum())
-            maps.append(f[:, :h, :w].to(store).cpu().clone())
+            f = f[:, :h, :w].cpu()
+            # maps from the bf16 fast path are exact in bf16: store them at half the memory
+            maps.append(f.bfloat16() if torch.equal(f.bfloat16().float(), f) else f.clone())
     return maps
 
 
 def cached(path: Path, compute):
-    """Load ``path`` or compute (rank 0), save atomically, and share with the other ranks."""
-    if not path.is_file():
-        if du.is_main_process():
-            value = compute()
-            try:
-                atomic_save(value, path)
-            except OSError as e:  # a read-only cache dir only costs the reuse
-                print(f"[updetr-lite] could not write the feature cache {path}: {e}")
-                du.barrier()
-                return value
-        du.barrier()
-        if du.is_main_process():
-            return value
-        if not path.is_file():
-            return compute()
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Load ``path``, or compute on rank 0 and save atomically; the other ranks then load it."""
+    value = None
+    if du.is_main_process() and not path.is_file():
+        value = compute()
+        try:
+            atomic_save(value, path)
+        except OSError as e:  # a read-only cache dir only costs the reuse
+            print(f"[updetr-lite] could not write the feature cache {path}: {e}")
+    du.barrier()
+    if value is not None:
+        return value
+    if path.is_file():
+        return torch.load(path, map_location="cpu", weights_only=False)
+    return compute()
 
 
 def cache_path(cache_dir: str, key: str) -> Path:

@@ -435,15 +435,19 @@ def train(
     set_deterministic(tc.deterministic)
     seed_everything(tc.seed + info.rank)
 
+    kind, num_classes = (
+        ("pretext", 2) if stage == "pretrain" else ("detection", cfg.model.num_classes)
+    )
     ckpt = None
     if resume:
         ckpt = load_checkpoint(out / "last.pth")
+        check_kind(ckpt, kind, num_classes, out / "last.pth")
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(cfg.to_json())
     log = JsonLog(out / "log.jsonl", main, ckpt["log_records"] if ckpt else None)
 
-    model, criterion, kind, num_classes = _build(cfg, stage)
+    model, criterion, _, _ = _build(cfg, stage)
     trainable_cnn = _trainable_cnn(cfg, stage)
     if not trainable_cnn:  # no gradient for a CNN that never steps, and not in the optimizer
         for p in model.backbone.parameters():
@@ -469,7 +473,6 @@ def train(
     window, window_count = {}, 0
     last_metrics = None
     if ckpt is not None:
-        check_kind(ckpt, kind, num_classes, out / "last.pth")
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
@@ -522,11 +525,13 @@ def train(
     t_start, images_seen = time.time(), 0
     t_window, images_window = time.time(), 0
     done = step >= max_steps or epoch >= tc.epochs
+    per_rank = batches.loader.batch_size
+    batches_per_epoch = math.ceil(sampler.num_samples / per_rank)
     model.train()
     while not done:
         seeded.epoch = epoch
         sampler.set_epoch(epoch)
-        sampler.start = batches_done * batches.loader.batch_size
+        sampler.start = batches_done * per_rank
         bar = _progress(batches, main and progress, stage, epoch, batches_done)
         for batch in batches:
             losses = compute_losses(step_model, criterion, batch, device, tc.amp)
@@ -563,6 +568,7 @@ def train(
                     | {k: v / window_count for k, v in window.items()}
                     | {
                         "lr": optimizer.param_groups[0]["lr"],
+                        "lr_backbone": optimizer.param_groups[-1]["lr"] if trainable_cnn else 0.0,
                         "images_per_s": images_window / max(now - t_window, 1e-9),
                     }
                 )
@@ -571,12 +577,16 @@ def train(
             if step >= max_steps:
                 done = True
                 break
-            if last_every_steps and step % last_every_steps == 0 and batches_done < len(sampler):
+            if (
+                last_every_steps
+                and step % last_every_steps == 0
+                and batches_done < batches_per_epoch
+            ):
                 save("last.pth", state(epoch, batches_done))
         if bar is not None:
             bar.close()
-        epoch_finished = not done or batches_done >= len(batches.loader)
-        # every rank's sampler has the same length, so ranks agree on epoch_finished
+        # every rank's sampler has the same length, so ranks agree on this
+        epoch_finished = batches_done >= batches_per_epoch
         sampler.start = 0
         skip = getattr(seeded.dataset, "skip_report", None)
         if skip is not None and epoch_finished:

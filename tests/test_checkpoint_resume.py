@@ -1,0 +1,164 @@
+"""Checkpoints: a SIGKILLed run resumes bit for bit, NaN stops cleanly, writes are atomic,
+and a checkpoint of the wrong kind is refused."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from updetr_lite.config import get_config
+from updetr_lite.engine.checkpoint import (
+    CheckpointError,
+    atomic_save,
+    check_kind,
+    load_checkpoint,
+)
+from updetr_lite.engine.train import NonFiniteLossError, train
+from updetr_lite.models.criterion import SetCriterion
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# 16 train images / batch 4 = 4 steps per epoch, 3 epochs; augmentation on (no feature cache)
+OVERRIDES = [
+    "finetune.epochs=3",
+    "finetune.deterministic=True",
+    "finetune.cache_features=False",
+    "finetune.log_every=1",
+    "finetune.eval_every=1",
+]
+
+CHILD = """
+import sys, time, torch
+torch.set_num_threads(1)
+from updetr_lite.config import get_config
+from updetr_lite.engine.train import train
+from updetr_lite.models.criterion import SetCriterion
+out, cache, delay, resume = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4] == "1"
+overrides = {overrides!r} + [f"data.cache_dir={{cache!r}}"]
+if delay:  # slow the run down so that the parent can kill it mid-epoch
+    forward = SetCriterion.forward
+    def slow(self, *a, **k):
+        time.sleep(delay)
+        return forward(self, *a, **k)
+    SetCriterion.forward = slow
+train(get_config("smoke", overrides), "finetune", out, resume=resume, last_every_steps=1,
+      progress=False)
+"""
+
+
+def _child(out, cache, delay=0.0, resume=False):
+    script = CHILD.format(overrides=OVERRIDES)
+    args = [sys.executable, "-c", script, str(out), str(cache), str(delay), "1" if resume else "0"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+
+
+def _records(out):
+    lines = (Path(out) / "log.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "images_per_s"} for line in lines]
+
+
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
+    cache = tmp_path / "cache"
+    ref = _child(tmp_path / "ref", cache)
+    assert ref.wait(timeout=120) == 0, ref.stderr.read()
+
+    run = tmp_path / "killed"
+    proc = _child(run, cache, delay=0.3)
+    killed_at = None
+    deadline = time.time() + 90
+    while time.time() < deadline and proc.poll() is None:
+        if (run / "last.pth").exists():
+            ck = torch.load(run / "last.pth", weights_only=False)  # never half written
+            if ck["epoch"] == 1 and ck["batches_done"] >= 2:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                killed_at = ck["step"]
+                break
+        time.sleep(0.05)
+    assert killed_at is not None, "the run ended before it could be killed mid-epoch"
+    ck = load_checkpoint(run / "last.pth")
+    assert ck["epoch"] == 1 and 0 < ck["batches_done"] < 4  # a mid-epoch checkpoint
+    ref_last = load_checkpoint(tmp_path / "ref" / "last.pth")
+    assert ref_last["step"] == 12 > ck["step"]
+
+    res = _child(run, cache, resume=True)
+    assert res.wait(timeout=120) == 0, res.stderr.read()
+    final = load_checkpoint(run / "last.pth")
+    assert final["step"] == 12 and final["epoch"] == 3
+    for k, v in ref_last["model"].items():
+        assert torch.equal(final["model"][k], v), k
+    # the first epoch's weights differ from the last: the comparison is not vacuous
+    assert not torch.equal(
+        ref_last["model"]["class_embed.weight"], ck["model"]["class_embed.weight"]
+    )
+    want, got = _records(tmp_path / "ref"), _records(run)
+    assert [r["type"] for r in want].count("eval") == 3
+    assert got == want
+
+
+def test_nan_stops_with_step_and_term_and_keeps_last_good(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    forward = SetCriterion.forward
+
+    def nan_at_6(self, outputs, targets):
+        calls["n"] += 1
+        out = forward(self, outputs, targets)
+        if calls["n"] == 6:
+            out["loss_giou"] = out["loss_giou"] * float("nan")
+            out["loss"] = out["loss"] + out["loss_giou"]
+        return out
+
+    monkeypatch.setattr(SetCriterion, "forward", nan_at_6)
+    cfg = get_config("smoke", OVERRIDES + [f"data.cache_dir={str(tmp_path / 'cache')!r}"])
+    with pytest.raises(NonFiniteLossError, match=r"step 6 .*loss term loss_giou is nan"):
+        train(cfg, "finetune", tmp_path / "run", last_every_steps=1, progress=False)
+    ck = load_checkpoint(tmp_path / "run" / "last.pth")
+    assert ck["step"] == 5 and ck["epoch"] == 1 and ck["batches_done"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    logged = [r["step"] for r in _records(tmp_path / "run") if r["type"] == "train"]
+    assert logged == [1, 2, 3, 4, 5]
+
+
+class Boom:
+    def __reduce__(self):
+        raise RuntimeError("disk full (simulated)")
+
+
+def test_failed_save_leaves_the_old_file_intact(tmp_path):
+    path = tmp_path / "last.pth"
+    atomic_save({"step": 1, "w": torch.arange(1000.0)}, path)
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_save({"step": 2, "w": torch.zeros(1000), "boom": Boom()}, path)
+    old = torch.load(path, weights_only=False)
+    assert old["step"] == 1 and torch.equal(old["w"], torch.arange(1000.0))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth"]  # no temp file left
+    path.write_bytes(b"\x00" * 10)  # what a non-atomic, interrupted write could leave
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(path)
+
+
+def test_wrong_kind_is_refused(tmp_path):
+    pretext = {"kind": "pretext", "num_classes": 2, "model": {}}
+    det = {"model": {"class_embed.weight": torch.zeros(7, 4), "query_embed.weight": torch.zeros(2)}}
+    with pytest.raises(CheckpointError, match="holds a pretext model, but a detection model"):
+        check_kind(pretext, "detection", 6)
+    with pytest.raises(CheckpointError, match="has 6 classes but model.num_classes=21"):
+        check_kind(det, "detection", 21)
+    check_kind(det, "detection", 6)  # inferred from the class head: 7 = 6 + no-object
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        load_checkpoint(tmp_path / "missing.pth")
+    # resuming a fine-tuning run from a pretext last.pth: refused before any work
+    atomic_save(pretext, tmp_path / "run" / "last.pth")
+    cfg = get_config("smoke", [f"data.cache_dir={str(tmp_path / 'cache')!r}"])
+    with pytest.raises(CheckpointError, match="pretext model"):
+        train(cfg, "finetune", tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(CheckpointError, match="holds a detection model, but a pretext"):
+        atomic_save(det, tmp_path / "det.pth")
+        train(cfg, "finetune", tmp_path / "run2", init=tmp_path / "det.pth", progress=False)
