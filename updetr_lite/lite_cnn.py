@@ -1,0 +1,330 @@
+"""The lite scale's frozen CNN: trained by the kit, because no weights can be downloaded.
+
+UP-DETR pre-trains the transformers on top of a pre-trained, frozen CNN (SwAV's ResNet-50 in
+the paper). At lite scale the kit trains its own: a ResNet-18 cut after layer3 (stride 16,
+256 channels; ``lite`` preset's ``model.backbone`` / ``backbone_layer``) on dense per-cell
+class labels of a *separate* generated set (its own seed, never the detection train/val
+images). This is a supervised stand-in for SwAV: a few minutes of self-supervised
+(SimCLR) training gave features too weak for DETR to learn from on 2 CPU cores
+(shared/notes/lite-scale-findings.md), the per-cell objective worked.
+
+The weights are saved in torchvision's state-dict format (``conv1.weight``, ``bn1.*``,
+``layer1..3.*``), so ``models.weights.load_cnn_weights`` loads them through
+``model.backbone_weights``. ``probe`` shows the features are useful: k-NN accuracy on
+object crops of the detection val split, against a random CNN of the same shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+STRIDE = 16  # layer3 of a ResNet
+CNN_SEED_OFFSET = 1000  # the CNN's data seed = detection seed + this: a separate set
+
+
+# ----------------------------------------------------------------------------- labels
+
+
+def cell_labels(
+    boxes_xywh: list[list[float]],
+    categories: list[int],
+    height: int,
+    width: int,
+    stride: int = STRIDE,
+) -> torch.Tensor:
+    """Dense class labels [ceil(H/stride), ceil(W/stride)] int64: each cell takes the class of
+    the smallest box (COCO ``xywh`` pixels) that contains the cell's centre, 0 where none does
+    (small objects drawn over big ones win, as occluders do)."""
+    gh, gw = math.ceil(height / stride), math.ceil(width / stride)
+    labels = torch.zeros(gh, gw, dtype=torch.int64)
+    if not boxes_xywh:
+        return labels
+    cy = (torch.arange(gh, dtype=torch.float32) + 0.5) * stride
+    cx = (torch.arange(gw, dtype=torch.float32) + 0.5) * stride
+    area = torch.full((gh, gw), math.inf)
+    # largest first, so smaller boxes overwrite
+    order = sorted(range(len(boxes_xywh)), key=lambda i: -boxes_xywh[i][2] * boxes_xywh[i][3])
+    for i in order:
+        x, y, w, h = boxes_xywh[i]
+        inside = ((cy >= y) & (cy < y + h))[:, None] & ((cx >= x) & (cx < x + w))[None, :]
+        smaller = inside & (w * h <= area)
+        labels[smaller] = int(categories[i])
+        area[smaller] = w * h
+    return labels
+
+
+def load_coco_split(images_dir: str | Path, ann_file: str | Path):
+    """(images uint8 [n, 3, H, W] list, annotations per image list) of a COCO-format split."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    coco = json.loads(Path(ann_file).read_text())
+    per_image = {im["id"]: [] for im in coco["images"]}
+    for a in coco["annotations"]:
+        per_image[a["image_id"]].append(a)
+    images, anns = [], []
+    for im in coco["images"]:
+        images.append(decode_image(str(Path(images_dir) / im["file_name"]), mode=ImageReadMode.RGB))
+        anns.append(per_image[im["id"]])
+    return images, anns
+
+
+# ----------------------------------------------------------------------------- the CNN
+
+
+class DenseCNN(nn.Module):
+    """torchvision ResNet cut after ``layer`` plus a 1x1 per-cell classifier (not saved)."""
+
+    def __init__(self, name: str = "resnet18", layer: str = "layer3", num_classes: int = 6):
+        super().__init__()
+        resnet = getattr(torchvision.models, name)(weights=None)
+        keep = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+        keep = keep[: keep.index(layer) + 1]
+        self.trunk = nn.Sequential(*[getattr(resnet, k) for k in keep])
+        self.names = keep
+        channels = self.trunk(torch.zeros(1, 3, 32, 32)).shape[1]
+        self.head = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """images [B, 3, H, W] -> per-cell logits [B, K, H/16, W/16]."""
+        return self.head(self.trunk(x))
+
+    def torchvision_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trunk's weights under torchvision's ResNet names (``layer1.0.conv1.weight``)."""
+        out = {}
+        for i, k in enumerate(self.names):
+            for p, v in self.trunk[i].state_dict().items():
+                out[f"{k}.{p}"] = v.detach().clone()
+        return out
+
+
+MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+def _normalize(x_uint8: torch.Tensor) -> torch.Tensor:
+    return (x_uint8.float() / 255.0 - MEAN) / STD
+
+
+def train_cnn(
+    images: list[torch.Tensor],
+    labels: list[torch.Tensor],
+    num_classes: int,
+    steps: int,
+    out_dir: str | Path,
+    name: str = "resnet18",
+    layer: str = "layer3",
+    batch_size: int = 32,
+    lr: float = 2e-3,
+    seed: int = 0,
+    bf16: bool | None = None,
+    log_every: int = 20,
+    echo=print,
+) -> dict:
+    """Train DenseCNN on (image, per-cell label) pairs with per-cell cross-entropy (AdamW, a
+    cosine schedule, horizontal flips); write ``cnn.pth`` (torchvision format) and
+    ``log.jsonl`` into ``out_dir``. Returns {"steps", "seconds", "final_loss", "cell_acc"}."""
+    from .fastpath import bf16_supported
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    bf16 = bf16_supported("cpu") if bf16 is None else bf16
+    x_all = torch.stack(images)
+    y_all = torch.stack(labels)
+    model = DenseCNN(name, layer, num_classes).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(steps, 1), pct_start=0.1)
+    t0 = time.monotonic()
+    model.train()
+    stats = {"loss": math.nan, "cell_acc": math.nan, "object_acc": math.nan}
+    with open(out_dir / "log.jsonl", "w") as log:
+        for step in range(1, steps + 1):
+            idx = torch.randint(0, len(x_all), (batch_size,), generator=gen)
+            x, y = x_all[idx], y_all[idx]
+            flip = torch.rand(batch_size, generator=gen) < 0.5
+            x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
+            x = _normalize(x).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                logits = model(x)
+            logits = logits.float()[..., : y.shape[-2], : y.shape[-1]]
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            if step % log_every == 0 or step == steps:
+                pred = logits.argmax(1)
+                obj = y > 0
+                stats = {
+                    "loss": float(loss),
+                    "cell_acc": float((pred == y).float().mean()),
+                    "object_acc": float((pred[obj] == y[obj]).float().mean()) if obj.any() else 0.0,
+                }
+                rec = {
+                    "step": step,
+                    **stats,
+                    "lr": sched.get_last_lr()[0],
+                    "time": time.monotonic() - t0,
+                }
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+                echo(
+                    f"cnn step {step}/{steps} loss {stats['loss']:.3f} "
+                    f"cell acc {stats['cell_acc']:.3f} object-cell acc {stats['object_acc']:.3f}"
+                )
+    torch.save(model.torchvision_state_dict(), out_dir / "cnn.pth")
+    return {"steps": steps, "seconds": time.monotonic() - t0, "final_loss": stats["loss"], **stats}
+
+
+# ----------------------------------------------------------------------------- the probe
+
+
+def knn_accuracy(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+    k: int = 5,
+) -> float:
+    """Accuracy of a k-NN classifier (cosine similarity, similarity-weighted votes):
+    train_x [n, C], train_y [n] int, test_x [m, C], test_y [m] -> fraction correct."""
+    if len(train_x) == 0 or len(test_x) == 0:
+        raise ValueError("knn_accuracy needs non-empty train and test sets")
+    a = F.normalize(train_x.float(), dim=1)
+    b = F.normalize(test_x.float(), dim=1)
+    sim = b @ a.T
+    k = min(k, len(train_x))
+    top, idx = sim.topk(k, dim=1)
+    votes = torch.zeros(len(test_x), int(max(train_y.max(), test_y.max())) + 1)
+    votes.scatter_add_(1, train_y[idx], top.clamp_min(0) + 1e-6)
+    return float((votes.argmax(1) == test_y).float().mean())
+
+
+def object_crops(
+    images: list[torch.Tensor], anns: list[list[dict]], size: int = 64, min_side: int = 8
+):
+    """Every annotated object cut out and resized: (crops uint8 [n, 3, size, size], labels [n])."""
+    from torchvision.transforms.v2 import functional as TF
+
+    crops, labels = [], []
+    for img, objs in zip(images, anns):
+        for a in objs:
+            x, y, w, h = (int(round(v)) for v in a["bbox"])
+            if w < min_side or h < min_side:
+                continue
+            crops.append(TF.resized_crop(img, y, x, h, w, [size, size], antialias=True))
+            labels.append(int(a["category_id"]))
+    if not crops:
+        raise ValueError("object_crops: no object of at least min_side pixels")
+    return torch.stack(crops), torch.tensor(labels)
+
+
+@torch.no_grad()
+def embed(backbone: nn.Module, crops_uint8: torch.Tensor, batch: int = 128) -> torch.Tensor:
+    """Global-average-pooled features [n, C] of a models.backbone.Backbone (patch_feature)."""
+    backbone.eval()
+    out = [
+        backbone.patch_feature(_normalize(crops_uint8[i : i + batch]))
+        for i in range(0, len(crops_uint8), batch)
+    ]
+    return torch.cat(out)
+
+
+def probe(cfg, weights: str | Path, k: int = 5, size: int | None = None, seed: int = 0) -> dict:
+    """k-NN accuracy on object crops of the detection val split (neighbours: crops of the
+    train split) with the CNN at ``weights`` vs a random CNN of the same shape."""
+    from .data.embedded import build_embedded
+    from .models.backbone import Backbone
+    from .models.weights import load_cnn_weights
+
+    paths = build_embedded(cfg.data)
+    size = size or cfg.pretext.patch_size
+    tr_img, tr_ann = load_coco_split(paths.train_images, paths.train_json)
+    va_img, va_ann = load_coco_split(paths.val_images, paths.val_json)
+    tr_x, tr_y = object_crops(tr_img, tr_ann, size)
+    va_x, va_y = object_crops(va_img, va_ann, size)
+    result = {"k": k, "n_train": len(tr_x), "n_test": len(va_x), "crop_size": size}
+    for which in ("trained", "random"):
+        torch.manual_seed(seed)
+        bb = Backbone(cfg.model.backbone, cfg.model.backbone_layer, frozen_cnn=True)
+        if which == "trained":
+            load_cnn_weights(bb, str(weights))
+        result[which] = knn_accuracy(embed(bb, tr_x), tr_y, embed(bb, va_x), va_y, k)
+    counts = torch.bincount(va_y)
+    result["chance"] = float(counts.max() / counts.sum())  # always answering the commonest class
+    result["num_classes"] = int((counts > 0).sum())
+    return result
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def cnn_data_config(cfg, n_images: int):
+    """The separate generated set the CNN learns from: the detection data's settings with
+    its own seed and sizes (never the detection train/val images)."""
+    d = cfg.data
+    return dataclasses.replace(
+        d,
+        embedded_seed=d.embedded_seed + CNN_SEED_OFFSET,
+        embedded_train=n_images,
+        embedded_val=max(8, n_images // 20),
+        embedded_unlabeled=8,
+    )
+
+
+def build_lite_cnn(cfg, out_dir: str | Path, steps: int, n_images: int, echo=print) -> dict:
+    """The whole lite-CNN run: generate the separate set, derive per-cell labels from its
+    COCO JSON, train, save ``cnn.pth``, probe it; writes ``summary.json`` and ``probe.json``."""
+    from .data.embedded import build_embedded
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    data_cfg = cnn_data_config(cfg, n_images)
+    paths = build_embedded(data_cfg)
+    images, anns = load_coco_split(paths.train_images, paths.train_json)
+    labels = [
+        cell_labels([a["bbox"] for a in objs], [a["category_id"] for a in objs], *img.shape[-2:])
+        for img, objs in zip(images, anns)
+    ]
+    echo(f"lite CNN: {len(images)} images of the separate set (seed {data_cfg.embedded_seed})")
+    train = train_cnn(
+        images,
+        labels,
+        cfg.model.num_classes,
+        steps,
+        out_dir,
+        cfg.model.backbone,
+        cfg.model.backbone_layer,
+        seed=cfg.pretrain.seed,
+        echo=echo,
+    )
+    result = probe(cfg, out_dir / "cnn.pth")
+    result["method"] = (
+        f"{cfg.model.backbone} up to {cfg.model.backbone_layer}, supervised per-cell labels of "
+        f"a separate generated set (seed {data_cfg.embedded_seed}, {len(images)} images), "
+        f"{steps} steps"
+    )
+    (out_dir / "probe.json").write_text(json.dumps(result, indent=1) + "\n")
+    summary = {
+        "train": train,
+        "probe": result,
+        "data_seed": data_cfg.embedded_seed,
+        "seconds": time.monotonic() - t0,
+    }
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    echo(
+        f"lite CNN probe: k-NN accuracy {result['trained']:.3f} (random CNN "
+        f"{result['random']:.3f}, chance {result['chance']:.3f})"
+    )
+    return summary

@@ -1,0 +1,771 @@
+"""The reproduction driver: which runs each artefact of the paper needs, and running them.
+
+A *run* is one folder ``OUT/<name>/`` made by one parameterized notebook of ``reproduce/``
+executed with papermill (kernel ``updetr-lite``): the lite CNN, a pre-training, a
+fine-tuning, the query-patch localization study or the report. A training notebook
+launches ``python -m updetr_lite pretrain|finetune`` (one CPU process) or ``torchrun``
+(GPUs, nodes) as a subprocess and streams its output. Each run folder ends up holding the
+executed notebook, the JSON-lines log, the resolved configuration, its checkpoints and,
+written last, a ``DONE`` marker: a rerun skips runs that have one, and passes ``--resume``
+to a run whose ``last.pth`` exists, so an interrupted reproduction goes on where it stopped.
+A failed run is reported with the path of its log; it does not stop the others (only the
+runs that need its checkpoint) and nothing is erased.
+
+Scales (``plan(scale)``):
+
+- ``paper``: the paper's settings (Tables 1-4, Figures 1, 3-6); needs ImageNet, VOC07+12,
+  COCO and a SwAV ResNet-50 on local disk.
+- ``lite``: the embedded data on a CPU. Deviations, each a named config option: a small CNN
+  trained by the kit (``lite_cnn``), RoI patch features (``pretext.patch_feature='roi'``; the
+  paper's 'crop' runs beside it), cached CNN features, step budgets instead of epochs,
+  N = 20 queries with M = 4 patches standing in for the paper's N = 100, M = 10.
+- ``smoke``: every lite run at toy size, for the tests.
+
+``run_main`` is the README's main job: the lite CNN, Table 1 / Figure 1 (C1), Figure 6 (C4),
+Figure 5 (C5) and the report.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from .config import get_config
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK_DIR = ROOT / "reproduce"
+KERNEL = "updetr-lite"
+NOTEBOOKS = {
+    "lite_cnn": "lite_cnn.ipynb",
+    "pretrain": "pretrain.ipynb",
+    "finetune": "finetune.ipynb",
+    "localize": "localize.ipynb",
+    "report": "report.ipynb",
+}
+SCALES = ("smoke", "lite", "paper")
+ARTEFACTS = ("table1", "table2", "table3", "table4", "fig1", "fig3", "fig4", "fig5", "fig6")
+MAIN_ARTEFACTS = ("table1", "fig1", "fig5", "fig6")  # C1, C5, C4 of the lite main job
+
+
+class ReproduceError(ValueError):
+    """A request the driver cannot run; the message is one line for the user."""
+
+
+class MissingDataError(FileNotFoundError):
+    """A paper-scale run needs a file or folder that is not there."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run: a notebook executed into ``OUT/<name>/``.
+
+    kind: lite_cnn | pretrain | finetune | localize | report.
+    overrides: ``section.field=value`` strings on top of the scale's preset.
+    init: name of the pre-training run whose ``last.pth`` initialises this fine-tuning.
+    needs: runs whose ``DONE`` this one waits for (a failed need blocks it).
+    """
+
+    name: str
+    kind: str
+    overrides: tuple[str, ...] = ()
+    init: str | None = None
+    needs: tuple[str, ...] = ()
+    seed: int = 0
+    late: tuple[str, ...] = ()  # applied after the user's overrides (e.g. the COCO root)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a table or curve of a figure: an arm, its runs (one per seed) and the
+    key of the paper's number it stands beside (``report.PAPER``)."""
+
+    label: str
+    runs: tuple[str, ...]
+    paper: str | None = None
+
+
+@dataclass
+class Plan:
+    scale: str
+    preset: str
+    runs: dict[str, Run]
+    # artefact -> rows; fig5 and fig6 list pre-training runs
+    artefacts: dict[str, list[Row]]
+    notes: dict[str, str] = field(default_factory=dict)
+    x_key: str = "step"  # x axis of learning curves
+
+    def runs_for(self, only: list[str] | None = None) -> list[str]:
+        """Run names (needs included, in dependency order) for the artefacts in ``only``
+        (all when None); 'report' is always last."""
+        wanted = list(ARTEFACTS) if not only else only
+        bad = [a for a in wanted if a not in ARTEFACTS and a != "report"]
+        if bad:
+            raise ReproduceError(
+                f"--only: unknown artefact(s) {', '.join(bad)}; choose from "
+                f"{', '.join(ARTEFACTS)}, report"
+            )
+        names: list[str] = []
+
+        def add(name: str) -> None:
+            if name in names:
+                return
+            for need in self.runs[name].needs:
+                add(need)
+            names.append(name)
+
+        for a in wanted:
+            for row in self.artefacts.get(a, []):
+                for r in row.runs:
+                    add(r)
+            if a == "fig5":
+                add("localize")
+        add("report")
+        return names
+
+
+# ----------------------------------------------------------------------------- plans
+
+# Step budgets of the lite scale (2-core CPU, cached features; see reproduce/README.md for
+# the measured timings these come from).
+LITE_BUDGET = {
+    "cnn_steps": 600,  # lite CNN: batch 32 of 128 px images, bf16 where the CPU has it
+    "cnn_images": 3000,  # its separate generated training set
+    "pretrain_steps": 1000,
+    "finetune_steps": 800,
+    "steps_per_epoch_ft": 1000 / 32,  # embedded_train / batch
+}
+SMOKE_BUDGET = {"cnn_steps": 4, "cnn_images": 16}
+SEEDS = (0, 1)
+
+
+def _ft_schedule(steps: int, steps_per_epoch: float) -> list[str]:
+    """Fine-tuning for ``steps`` optimizer steps, lr x0.1 at 80 % of them (the findings:
+    a drop late in the run, as the paper's 100/150)."""
+    epochs = math.ceil(steps / math.floor(steps_per_epoch)) + 1
+    drop = max(1, round(0.8 * steps / steps_per_epoch))
+    return [f"finetune.max_steps={steps}", f"finetune.epochs={epochs}", f"finetune.lr_drop={drop}"]
+
+
+def _small_plan(scale: str) -> Plan:
+    """The lite plan; smoke is the same runs at the smoke preset's toy sizes."""
+    lite = scale == "lite"
+    b = LITE_BUDGET
+    pre_steps = [f"pretrain.max_steps={b['pretrain_steps']}"] if lite else []
+    ft_steps = _ft_schedule(b["finetune_steps"], b["steps_per_epoch_ft"]) if lite else []
+    runs: dict[str, Run] = {"cnn": Run("cnn", "lite_cnn")}
+
+    def pre(name: str, seed: int, *ov: str) -> str:
+        full = f"{name}_s{seed}"
+        runs[full] = Run(
+            full,
+            "pretrain",
+            tuple(pre_steps) + ov + (f"pretrain.seed={seed}",),
+            None,
+            ("cnn",),
+            seed,
+        )
+        return full
+
+    def ft(name: str, seed: int, init: str | None) -> str:
+        full = f"ft_{name}_s{seed}"
+        needs = ("cnn",) + ((init,) if init else ())
+        runs[full] = Run(
+            full, "finetune", tuple(ft_steps) + (f"finetune.seed={seed}",), init, needs, seed
+        )
+        return full
+
+    roi, crop = "pretext.patch_feature=roi", "pretext.patch_feature=crop"
+    scratch = tuple(ft("scratch", s, None) for s in SEEDS)
+    pre_roi = [pre("pre_roi", s, roi) for s in SEEDS]
+    ft_roi = tuple(ft("roi", s, pre_roi[s]) for s in SEEDS)
+    # crop: the paper's patch feature; one pre-training, two fine-tuning seeds (budget)
+    pre_crop = pre("pre_crop", 0, crop)
+    ft_crop = tuple(ft("crop", s, pre_crop) for s in SEEDS)
+    nomask = tuple(pre("pre_nomask", s, roi, "pretext.attention_mask=False") for s in SEEDS)
+    m1 = [pre("pre_m1", s, roi, "pretext.num_patches=1") for s in SEEDS]
+    ft_m1 = tuple(ft("m1", s, m1[s]) for s in SEEDS)
+    # Table 4: (d) frozen + reconstruction is pre_roi; a CNN that trains cannot use cached
+    # features; its lr is half the transformer's (the paper's fine-tuning ratio 5e-5 / 1e-4)
+    cfg = get_config(scale)
+    unfrozen = (
+        "model.frozen_cnn=False",
+        f"pretrain.lr_backbone={cfg.pretrain.lr / 2}",
+        "pretrain.cache_features=False",
+        "pretrain.amp=True",
+    )
+    norec = "pretext.reconstruction=False"
+    abl_b = [pre("pre_norec", s, roi, norec) for s in SEEDS]
+    abl_a = [pre("pre_unfrozen_norec", s, roi, norec, *unfrozen) for s in SEEDS]
+    abl_c = [pre("pre_unfrozen", s, roi, *unfrozen) for s in SEEDS]
+    ft_b = tuple(ft("norec", s, abl_b[s]) for s in SEEDS)
+    ft_a = tuple(ft("unfrozen_norec", s, abl_a[s]) for s in SEEDS)
+    ft_c = tuple(ft("unfrozen", s, abl_c[s]) for s in SEEDS)
+    runs["localize"] = Run("localize", "localize", needs=tuple(pre_roi) + (pre_crop,) + nomask)
+    runs["report"] = Run("report", "report")
+
+    t1 = [
+        Row("DETR (scratch transformers)", scratch, "table1/DETR/150"),
+        Row("UP-DETR, patch feature 'roi' (lite)", ft_roi, "table1/UP-DETR/150"),
+        Row("UP-DETR, patch feature 'crop' (paper's)", ft_crop, "table1/UP-DETR/150"),
+    ]
+    artefacts = {
+        "table1": t1,
+        "fig1": t1,
+        "fig3": t1,
+        "table2": [],
+        "table3": [
+            Row("DETR", scratch, "table3/DETR"),
+            Row("UP-DETR (M=1)", ft_m1, "table3/M=1"),
+            Row("UP-DETR (M=4, N=20)", ft_roi, "table3/M=10"),
+        ],
+        "table4": [
+            Row("DETR (scratch transformers)", scratch, "table4/DETR"),
+            Row("(a) CNN trains, no reconstruction", ft_a, "table4/a"),
+            Row("(b) frozen CNN, no reconstruction", ft_b, "table4/b"),
+            Row("(c) CNN trains, reconstruction", ft_c, "table4/c"),
+            Row("(d) frozen CNN, reconstruction", ft_roi, "table4/d"),
+        ],
+        "fig6": [
+            Row("with attention mask", tuple(pre_roi)),
+            Row("without attention mask", nomask),
+        ],
+        "fig5": [
+            Row("UP-DETR 'roi' (M=4)", tuple(pre_roi)),
+            Row("UP-DETR 'crop' (M=4)", (pre_crop,)),
+            Row("UP-DETR 'roi', no attention mask", nomask),
+        ],
+    }
+    artefacts["fig4"] = artefacts["table4"]
+    notes = {
+        "scale": (
+            "Lite scale: embedded procedural data (1000 train / 300 val images, 128 px), a "
+            "ResNet-18 cut at layer3 trained by the kit on a separate generated set (supervised "
+            "stand-in for SwAV), 3+3 layers of width 128, N=20 queries, M=4 query patches, "
+            "cached CNN features; budgets in optimizer steps. Numbers on this data say nothing "
+            "about VOC or COCO."
+        ),
+        "table1": (
+            "Equal fine-tuning budget for every arm. Seed s = pre-training seed s and "
+            "fine-tuning seed s ('crop': one pre-training, fine-tuning seeds 0 and 1)."
+        ),
+        "table2": "COCO is not part of the lite scale: Table 2 needs --scale paper.",
+        "table3": "Lite N=20 cannot hold M=10 groups of equal size: M=4 (5 queries a patch) "
+        "stands for the paper's M=10 (10 a patch).",
+        "table4": "Lite ablations pre-train as long as the main arm (the paper: 15 of 60 "
+        "epochs); a CNN that trains is fed the images, not cached features.",
+        "fig6": "Pretext loss (the criterion's weighted total) per step.",
+    }
+    return Plan(scale, scale, runs, artefacts, notes, "step")
+
+
+# The paper's schedules (reference-facts.md): pre-training 60 epochs (drop 40), ablations 15
+# (drop 10); fine-tuning 150 (drop 100) or 300 (drop 200) epochs.
+PAPER_SCHEDULES = {
+    "pretrain": (60, 40),
+    "ablation": (15, 10),
+    "short": (150, 100),
+    "long": (300, 200),
+}
+
+
+def _paper_plan() -> Plan:
+    runs: dict[str, Run] = {}
+
+    def pre(name: str, schedule: str, *ov: str) -> str:
+        e, d = PAPER_SCHEDULES[schedule]
+        runs[name] = Run(name, "pretrain", (f"pretrain.epochs={e}", f"pretrain.lr_drop={d}") + ov)
+        return name
+
+    def ft(name: str, schedule: str, init: str | None, *ov: str) -> str:
+        e, d = PAPER_SCHEDULES[schedule]
+        runs[name] = Run(
+            name,
+            "finetune",
+            (f"finetune.epochs={e}", f"finetune.lr_drop={d}") + ov,
+            init,
+            (init,) if init else (),
+        )
+        return name
+
+    coco = ("data.detection=coco", "model.num_classes=91")
+    # Table 4 (a), (c): the CNN trains during pre-training, at the fine-tuning CNN lr
+    trains = ("model.frozen_cnn=False", "pretrain.lr_backbone=5e-05")
+    p = pre("pre_imagenet", "pretrain")
+    voc = {
+        (arm, s): ft(f"ft_voc_{arm}_{s}", s, p if arm == "updetr" else None)
+        for arm in ("detr", "updetr")
+        for s in ("short", "long")
+    }
+    cc = {
+        (arm, s): ft(f"ft_coco_{arm}_{s}", s, p if arm == "updetr" else None, *coco)
+        for arm in ("detr", "updetr")
+        for s in ("short", "long")
+    }
+    abl = {
+        "m1": pre("pre_abl_m1", "ablation", "pretext.num_patches=1"),
+        "d": pre("pre_abl_d", "ablation"),
+        "b": pre("pre_abl_b", "ablation", "pretext.reconstruction=False"),
+        "a": pre("pre_abl_a", "ablation", *trains, "pretext.reconstruction=False"),
+        "c": pre("pre_abl_c", "ablation", *trains),
+        "nomask": pre("pre_abl_nomask", "ablation", "pretext.attention_mask=False"),
+    }
+    for k in ("m1", "d", "b", "a", "c"):
+        ft(f"ft_voc_abl_{k}", "short", abl[k])
+    runs["localize"] = Run("localize", "localize", needs=(p,))
+    runs["report"] = Run("report", "report")
+    t1 = [
+        Row("DETR/150", (voc["detr", "short"],), "table1/DETR/150"),
+        Row("UP-DETR/150", (voc["updetr", "short"],), "table1/UP-DETR/150"),
+        Row("DETR/300", (voc["detr", "long"],), "table1/DETR/300"),
+        Row("UP-DETR/300", (voc["updetr", "long"],), "table1/UP-DETR/300"),
+    ]
+    t2 = [
+        Row("DETR (SwAV CNN)/150", (cc["detr", "short"],), "table2/DETR/150"),
+        Row("UP-DETR/150", (cc["updetr", "short"],), "table2/UP-DETR/150"),
+        Row("DETR (SwAV CNN)/300", (cc["detr", "long"],), "table2/DETR/300"),
+        Row("UP-DETR/300", (cc["updetr", "long"],), "table2/UP-DETR/300"),
+    ]
+    t4 = [
+        Row("DETR", (voc["detr", "short"],), "table4/DETR"),
+        Row("(a)", ("ft_voc_abl_a",), "table4/a"),
+        Row("(b) frozen CNN", ("ft_voc_abl_b",), "table4/b"),
+        Row("(c) reconstruction", ("ft_voc_abl_c",), "table4/c"),
+        Row("(d) frozen CNN + reconstruction", ("ft_voc_abl_d",), "table4/d"),
+    ]
+    artefacts = {
+        "table1": t1,
+        "fig1": t1,
+        "table2": t2,
+        "fig3": t1 + t2,
+        "table3": [
+            Row("DETR", (voc["detr", "short"],), "table3/DETR"),
+            Row("UP-DETR (M=1)", ("ft_voc_abl_m1",), "table3/M=1"),
+            Row("UP-DETR (M=10)", ("ft_voc_abl_d",), "table3/M=10"),
+        ],
+        "table4": t4,
+        "fig4": t4,
+        "fig6": [
+            Row("with attention mask", (abl["d"],)),
+            Row("without attention mask", (abl["nomask"],)),
+        ],
+        "fig5": [Row("UP-DETR (M=10)", (p,))],
+    }
+    notes = {"scale": "Paper scale: the paper's settings (reference-facts.md)."}
+    return Plan("paper", "paper", runs, artefacts, notes, "epoch")
+
+
+def plan(scale: str) -> Plan:
+    if scale not in SCALES:
+        raise ReproduceError(f"unknown scale {scale!r}: choose smoke, lite or paper")
+    return _paper_plan() if scale == "paper" else _small_plan(scale)
+
+
+def run_config(p: Plan, name: str, out: Path, overrides: list[str] = ()):
+    """The resolved Config of run ``name`` (what its notebook passes to the trainer)."""
+    return get_config(p.preset, run_overrides(p, name, out, overrides))
+
+
+def run_overrides(p: Plan, name: str, out: Path, overrides: list[str] = ()) -> list[str]:
+    """Plan overrides of run ``name``, then the lite CNN's weights (small scales), then the
+    user's (they win)."""
+    ov = list(p.runs[name].overrides)
+    if p.scale != "paper" and p.runs[name].kind != "lite_cnn":
+        ov.append(f"model.backbone_weights={Path(out).resolve() / 'cnn' / 'cnn.pth'}")
+    return ov + list(overrides) + list(p.runs[name].late)
+
+
+# ----------------------------------------------------------------------------- paper data
+
+HOW_TO_GET = {
+    "data.pretext_root": (
+        "the ImageNet-1k train folder (ILSVRC2012_img_train from https://image-net.org, "
+        "unpacked to one sub-folder per class)"
+    ),
+    "data.detection_root": (
+        "the VOCdevkit folder holding VOC2007 (trainval+test) and VOC2012 (trainval) from "
+        "http://host.robots.ox.ac.uk/pascal/VOC/"
+    ),
+    "coco_root": (
+        "the COCO 2017 folder with train2017/, val2017/ and annotations/ from https://cocodataset.org"
+    ),
+    "model.backbone_weights": (
+        "SwAV's ResNet-50 (swav_800ep_pretrain.pth.tar from "
+        "https://github.com/facebookresearch/swav, 800 epochs)"
+    ),
+}
+
+
+def check_paper_inputs(p: Plan, names: list[str], overrides: list[str], coco_root: str | None):
+    """Raise MissingDataError naming the first missing path the selected runs need."""
+    if p.scale != "paper":
+        return
+    cfg = get_config("paper", list(overrides))
+    kinds = {p.runs[n].kind for n in names}
+    need = []
+    if "pretrain" in kinds:
+        need.append(("data.pretext_root", cfg.data.pretext_root))
+    if any(
+        p.runs[n].kind == "finetune" and "data.detection=coco" not in p.runs[n].overrides
+        for n in names
+    ):
+        need.append(("data.detection_root", cfg.data.detection_root))
+    if any("data.detection=coco" in p.runs[n].overrides for n in names):
+        need.append(("coco_root", coco_root or ""))
+    if kinds & {"pretrain", "finetune"}:
+        need.append(("model.backbone_weights", cfg.model.backbone_weights or ""))
+    for key, path in need:
+        if not path or not os.path.exists(path):
+            flag = "--coco-root PATH" if key == "coco_root" else f"--set {key}=PATH"
+            shown = repr(path) if path else "not set"
+            raise MissingDataError(
+                f"paper scale needs {key} ({shown}): give {flag}, {HOW_TO_GET[key]}"
+            )
+
+
+# ----------------------------------------------------------------------------- execution
+
+
+@dataclass
+class Launch:
+    """How training processes start: one CPU process, or torchrun over GPUs and nodes."""
+
+    gpus: int = 0
+    nodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int = 29500
+    threads: int = 0  # torch threads of one process; 0: the cores shared among the jobs
+
+
+def training_command(
+    stage: str,
+    preset: str,
+    overrides: list[str],
+    out_dir: str,
+    init: str | None = None,
+    resume: bool = False,
+    launch: Launch | None = None,
+) -> list[str]:
+    """argv of one training run: ``python -m updetr_lite STAGE ...`` for one CPU process,
+    ``python -m torch.distributed.run --nproc_per_node G ... -m updetr_lite STAGE ...`` else."""
+    launch = launch or Launch()
+    if stage not in ("pretrain", "finetune"):
+        raise ReproduceError(f"stage must be pretrain or finetune, not {stage!r}")
+    args = [stage, "--preset", preset, "--out", str(out_dir)]
+    for o in overrides:
+        args += ["--set", o]
+    if init:
+        args += ["--init", str(init)]
+    if resume:
+        args.append("--resume")
+    if launch.gpus <= 0 and launch.nodes <= 1:
+        return [sys.executable, "-m", "updetr_lite", *args]
+    run = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={max(1, launch.gpus)}"]
+    if launch.nodes > 1:
+        run += [
+            f"--nnodes={launch.nodes}",
+            f"--node_rank={launch.node_rank}",
+            f"--master_addr={launch.master_addr}",
+            f"--master_port={launch.master_port}",
+        ]
+    else:
+        run += ["--standalone"]
+    return [*run, "-m", "updetr_lite", *args]
+
+
+def _child_env(threads: int, keep_threads: bool = False) -> dict:
+    """Environment of a child process: this checkout importable (also when the kit is not
+    pip-installed), unbuffered output, ``threads`` OpenMP threads."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    path = env.get("PYTHONPATH", "")
+    if str(ROOT) not in path.split(os.pathsep):
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), path) if p)
+    if not (keep_threads and "OMP_NUM_THREADS" in env):
+        env["OMP_NUM_THREADS"] = str(max(1, threads))
+    return env
+
+
+def stream(cmd: list[str], log_path: str | Path, threads: int = 1, echo=print) -> None:
+    """Run ``cmd``, echoing its output line by line and copying it to ``log_path``;
+    raise RuntimeError naming the log on a non-zero exit."""
+    env = _child_env(threads, keep_threads=True)
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+        )
+        last = 0.0
+        for line in proc.stdout:
+            log.write(line)
+            # tqdm redraws: echo at most twice a second so notebooks stay small
+            now = time.monotonic()
+            if "\r" not in line or now - last > 0.5:
+                echo(line.rstrip().split("\r")[-1])
+                last = now
+        rc = proc.wait()
+    if rc:
+        raise RuntimeError(
+            f"{cmd[3] if len(cmd) > 3 else cmd[0]} failed (exit {rc}): see {log_path}"
+        )
+
+
+@dataclass
+class Result:
+    name: str
+    status: str  # done | skipped | failed | blocked
+    seconds: float = 0.0
+    log: str = ""
+    message: str = ""
+
+
+def done_marker(out: Path, name: str, node_rank: int = 0) -> Path:
+    return Path(out) / name / ("DONE" if node_rank == 0 else f"DONE.node{node_rank}")
+
+
+def notebook_parameters(
+    p: Plan, name: str, out: Path, overrides: list[str], launch: Launch
+) -> dict:
+    """The papermill parameters of run ``name``."""
+    run = p.runs[name]
+    out = Path(out).resolve()
+    run_dir = out / name
+    params = {
+        "run_name": name,
+        "run_dir": str(run_dir),
+        "out_root": str(out),
+        "scale": p.scale,
+        "preset": p.preset,
+        "overrides": run_overrides(p, name, out, overrides),
+        "seed": run.seed,
+        "threads": launch.threads,
+    }
+    if run.kind in ("pretrain", "finetune"):
+        params.update(
+            stage=run.kind,
+            init=str(out / run.init / "last.pth") if run.init else "",
+            resume=(run_dir / "last.pth").exists(),
+            gpus=launch.gpus,
+            nodes=launch.nodes,
+            node_rank=launch.node_rank,
+            master_addr=launch.master_addr,
+            master_port=launch.master_port,
+        )
+    if run.kind == "lite_cnn":
+        budget = LITE_BUDGET if p.scale == "lite" else SMOKE_BUDGET
+        params.update(cnn_steps=budget["cnn_steps"], cnn_images=budget["cnn_images"])
+    if run.kind == "localize":
+        params["n_images"] = 100 if p.scale != "smoke" else 4
+    if run.kind in ("localize", "report"):
+        params["user_overrides"] = list(overrides)
+    return params
+
+
+def execute_run(
+    p: Plan, name: str, out: Path, overrides: list[str], launch: Launch, timeout: float | None
+) -> Result:
+    """Execute one run's notebook with papermill in a subprocess; write DONE on success."""
+    run = p.runs[name]
+    out = Path(out).resolve()
+    run_dir = out / name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = notebook_parameters(p, name, out, overrides, launch)
+    param_file = run_dir / "parameters.json"
+    param_file.write_text(json.dumps(params, indent=1))
+    suffix = "" if launch.node_rank == 0 else f".node{launch.node_rank}"
+    nb_out = run_dir / f"{run.kind}{suffix}.ipynb"
+    pm_log = run_dir / f"papermill{suffix}.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "papermill",
+        str(NOTEBOOK_DIR / NOTEBOOKS[run.kind]),
+        str(nb_out),
+        "-k",
+        KERNEL,
+        "-f",
+        str(param_file),
+        "--cwd",
+        str(run_dir),
+        "--log-output",
+        "--no-progress-bar",
+    ]
+    t0 = time.monotonic()
+    env = _child_env(launch.threads)
+    with open(pm_log, "w") as log:
+        try:
+            rc = subprocess.run(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout
+            ).returncode
+        except subprocess.TimeoutExpired:
+            rc = -1
+            log.write(f"\n[reproduce] timed out after {timeout} s\n")
+    seconds = time.monotonic() - t0
+    train_log = run_dir / "train.out"
+    shown = train_log if train_log.exists() else pm_log
+    if rc == 0:
+        if run.kind != "report":
+            done_marker(out, name, launch.node_rank).write_text(
+                json.dumps({"seconds": round(seconds, 1), "finished": time.time()}) + "\n"
+            )
+        return Result(name, "done", seconds, str(shown))
+    return Result(
+        name,
+        "failed",
+        seconds,
+        str(shown),
+        f"{name} failed: see {shown} (notebook {nb_out}, papermill log {pm_log})",
+    )
+
+
+def default_jobs(gpus: int) -> int:
+    """GPUs: one run at a time (each uses them all). CPU: two one-thread runs side by side
+    give more throughput on 2 cores than one two-thread run (lite-scale findings)."""
+    return 1 if gpus > 0 else max(1, min(2, os.cpu_count() or 1))
+
+
+def execute(
+    p: Plan,
+    names: list[str],
+    out: str | Path,
+    overrides: list[str] = (),
+    launch: Launch | None = None,
+    jobs: int | None = None,
+    timeout: float | None = None,
+    echo=print,
+) -> dict[str, Result]:
+    """Run ``names`` (dependency order) into ``out``; finished runs are skipped, runs whose
+    needs failed are blocked, a failed run never stops the others. The report (if listed)
+    runs last, after everything else finished or failed."""
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    launch = launch or Launch()
+    jobs = jobs or default_jobs(launch.gpus)
+    if launch.threads <= 0:
+        launch.threads = max(1, (os.cpu_count() or 1) // jobs)
+    results: dict[str, Result] = {}
+    pending = [n for n in names if n != "report"]
+    lock = threading.Lock()
+    for n in pending:
+        if done_marker(out, n, launch.node_rank).exists():
+            results[n] = Result(n, "skipped", 0.0, "", "finished before (DONE)")
+            echo(f"[reproduce] {n}: finished before, skipped")
+    pending = [n for n in pending if n not in results]
+
+    def ready(n: str) -> bool | None:
+        """True: can start; False: wait; None: blocked by a failed need."""
+        for need in p.runs[n].needs:
+            r = results.get(need)
+            if need not in names and done_marker(out, need, launch.node_rank).exists():
+                continue
+            if need not in names:
+                return None  # a need that is neither done nor scheduled
+            if r is None:
+                return False
+            if r.status in ("failed", "blocked"):
+                return None
+        return True
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        running = {}
+        while pending or running:
+            # pre-trainings first: fine-tunings wait on them, the DETR baselines do not
+            for n in sorted(pending, key=lambda n: p.runs[n].kind != "pretrain"):
+                state = ready(n)
+                if state is None:
+                    pending.remove(n)
+                    failed = [
+                        m
+                        for m in p.runs[n].needs
+                        if m not in results or results[m].status not in ("done", "skipped")
+                    ]
+                    results[n] = Result(n, "blocked", message=f"needs {', '.join(failed)}")
+                    echo(f"[reproduce] {n}: not run, it needs {', '.join(failed)}")
+                elif state and len(running) < jobs:
+                    pending.remove(n)
+                    echo(f"[reproduce] {n}: started ({out / n})")
+                    running[
+                        pool.submit(execute_run, p, n, out, list(overrides), launch, timeout)
+                    ] = n
+            if not running:
+                continue
+            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for f in finished:
+                n = running.pop(f)
+                try:
+                    r = f.result()
+                except Exception as e:  # the driver itself failed on this run
+                    r = Result(n, "failed", message=f"{n} failed: {e}")
+                with lock:
+                    results[n] = r
+                if r.status == "done":
+                    echo(f"[reproduce] {n}: done in {r.seconds:.0f} s")
+                else:
+                    echo(f"[reproduce] FAILED {r.message}")
+    if "report" in names:
+        echo("[reproduce] report: started")
+        r = execute_run(p, "report", out, list(overrides), launch, timeout)
+        results["report"] = r
+        echo(
+            f"[reproduce] report: {'done' if r.status == 'done' else 'FAILED ' + r.message} "
+            f"({out / 'report'})"
+        )
+    (out / "status.json").write_text(
+        json.dumps({n: r.__dict__ for n, r in results.items()}, indent=1) + "\n"
+    )
+    return results
+
+
+def summary_line(results: dict[str, Result]) -> str:
+    counts: dict[str, int] = {}
+    for r in results.values():
+        counts[r.status] = counts.get(r.status, 0) + 1
+    return ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+
+
+def reproduce(
+    scale: str,
+    out: str | Path,
+    only: list[str] | None = None,
+    overrides: list[str] = (),
+    launch: Launch | None = None,
+    jobs: int | None = None,
+    coco_root: str | None = None,
+    timeout: float | None = None,
+    echo=print,
+) -> dict[str, Result]:
+    """Plan, check the inputs, execute. Returns each run's Result."""
+    p = plan(scale)
+    names = p.runs_for(only)
+    overrides = list(overrides)
+    get_config(p.preset, overrides)  # a bad --set fails here, once, not in every run
+    check_paper_inputs(p, names, overrides, coco_root)
+    if coco_root:
+        for n in names:
+            if "data.detection=coco" in p.runs[n].overrides:
+                p.runs[n] = replace(p.runs[n], late=(f"data.detection_root={coco_root}",))
+    echo(f"[reproduce] scale {scale}: {len(names)} runs into {Path(out).resolve()}")
+    results = execute(p, names, out, overrides, launch, jobs, timeout, echo)
+    echo(f"[reproduce] {summary_line(results)}")
+    for r in results.values():
+        if r.status == "failed":
+            echo(f"[reproduce] FAILED {r.message}")
+    return results
+
+
+def run_main(preset: str = "lite", out: str | Path = "runs/main", extra_overrides=()) -> int:
+    """The README's main job: lite CNN, C1 (Table 1, Figure 1), C4 (Figure 6), C5
+    (Figure 5) and the report. Returns a process exit code (1 if a run failed)."""
+    results = reproduce(preset, out, list(MAIN_ARTEFACTS), list(extra_overrides or ()))
+    print(f"[updetr-lite main] report: {Path(out).resolve() / 'report' / 'report.md'}")
+    return int(any(r.status in ("failed", "blocked") for r in results.values()))
