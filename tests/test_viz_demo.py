@@ -3,7 +3,6 @@ localization demo), each checked against an independent computation."""
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import random
@@ -243,7 +242,7 @@ def test_query_patches_crop_the_box_and_boxes_are_checked():
     torch.testing.assert_close(
         viz.to_display(p[0]), np.ones((8, 8, 3), np.float32), atol=1e-5, rtol=0
     )
-    with pytest.raises(demo.DemoError, match="not inside"):
+    with pytest.raises(ValueError, match="not inside"):
         demo.check_boxes([[0, 0, 70, 10]], (40, 60))
     with pytest.raises(demo.DemoError, match="no query patch"):
         demo.check_boxes(torch.zeros(0, 4), (40, 60))
@@ -285,7 +284,7 @@ def test_localize_returns_pixel_boxes_and_their_iou(tiny):
         assert float(r["iou"][i]) == pytest.approx(_iou(r["boxes"][i].tolist(), q[i]), abs=1e-5)
     aug = demo.localize_patches_in_image(model, cfg, img, q, augment=True, seed=1)
     assert not torch.allclose(aug["boxes"], r["boxes"])  # the patch feature changed
-    with pytest.raises(demo.DemoError, match="at most"):
+    with pytest.raises(ValueError, match="at most"):
         demo.localize_patches_in_image(model, cfg, img, q * 2)
 
 
@@ -305,8 +304,8 @@ def test_checkpoint_round_trip_in_both_formats(tiny, tmp_path):
         k = k.replace("reconstruction_head.0.", "feature_align.layers.0.")
         k = k.replace("reconstruction_head.2.", "feature_align.layers.1.")
         sd[k] = v
-    torch.save({"model": sd, "args": argparse.Namespace(num_patches=2)}, tmp_path / "authors.pth")
-    authors, acfg = demo.load_demo_model(tmp_path / "authors.pth")
+    torch.save({"model": sd}, tmp_path / "authors.pth")
+    authors, acfg = demo.load_demo_model(tmp_path / "authors.pth", preset="smoke")
     assert (acfg.model.backbone, acfg.model.backbone_layer) == ("resnet18", "layer3")
     assert (acfg.model.hidden_dim, acfg.model.num_queries) == (
         cfg.model.hidden_dim,
@@ -317,7 +316,7 @@ def test_checkpoint_round_trip_in_both_formats(tiny, tmp_path):
         if name != "group_mask":
             torch.testing.assert_close(authors.state_dict()[name], p)
     torch.save({"model": {"foo": torch.zeros(1)}}, tmp_path / "junk.pth")
-    with pytest.raises(demo.DemoError, match="not an UP-DETR"):
+    with pytest.raises(ValueError, match="not a DETR"):
         demo.load_demo_model(tmp_path / "junk.pth")
 
 
@@ -369,3 +368,31 @@ def test_read_image_errors(tmp_path):
     (tmp_path / "x.png").write_text("not a png")
     with pytest.raises(demo.DemoError, match="not an image"):
         demo.read_image(str(tmp_path / "x.png"))
+
+
+def test_dropped_patch_fraction_matches_the_setting():
+    cfg = demo.demo_config(smoke=True).override(["pretext.query_shuffle=False"])
+    torch.manual_seed(4)
+    model = build_updetr(cfg)
+    model.patch_dropout = 0.3
+    model.train()
+    features, mask = torch.randn(4, 256, 4, 4), torch.zeros(4, 4, 4, dtype=torch.bool)
+    boxes = torch.tensor([[0.3, 0.3, 0.3, 0.3], [0.7, 0.6, 0.3, 0.4]]).expand(4, -1, -1)
+    frac = notebook_checks.dropped_patch_fraction(model, features, mask, boxes, trials=40)
+    n = 40 * 4 * model.num_queries  # 1280 Bernoulli(0.3) draws: sd about 0.013
+    assert abs(frac - 0.3) < 4 * (0.3 * 0.7 / n) ** 0.5
+    model.patch_dropout = 0.0
+    assert notebook_checks.dropped_patch_fraction(model, features, mask, boxes, trials=3) == 0.0
+    model.eval()
+    with pytest.raises(ValueError, match="train"):
+        notebook_checks.dropped_patch_fraction(model, features, mask, boxes)
+
+
+def test_notebook_config_anchors_the_cache(tmp_path):
+    cfg = notebook_checks.notebook_config("smoke", ["pretrain.max_steps=3"])
+    assert cfg.pretrain.max_steps == 3
+    assert cfg.data.cache_dir == str(notebook_checks.project_root() / ".cache" / "updetr_lite")
+    assert (notebook_checks.project_root() / "updetr_lite" / "viz.py").is_file()
+    assert notebook_checks.notebook_config("smoke", cache_dir=tmp_path).data.cache_dir == str(
+        tmp_path
+    )

@@ -1,8 +1,9 @@
 """The patch-localization demo (notebook 06): choose an image and query patches, see where the
 pre-trained UP-DETR finds them.
 
-- ``prepare_image``, ``query_patches``, ``localize_patches_in_image``: one prediction, pixel
-  ``xyxy`` boxes in and out, with or without the SimCLR-style augmentation of the patches.
+- ``query_patches``, ``localize_patches_in_image``: one prediction, pixel ``xyxy`` boxes in
+  and out, with or without the SimCLR-style augmentation of the patches (the work is done by
+  ``engine.inference``; this module adds the IoU, the training and the user interface).
 - ``ensure_lite_checkpoint``: the kit's lite pretext checkpoint, trained on first use on the
   demo's photos (a progress bar shows it), or the authors' UP-DETR checkpoint from a local path
   (``load_demo_model`` reads both).
@@ -27,14 +28,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.ops import box_convert, box_iou
-from torchvision.transforms import v2
+from torchvision.ops import box_iou
 from torchvision.transforms.v2 import functional as TF
 
 from .config import Config, get_config
 from .viz import COLORS, IMAGENET_MEAN, IMAGENET_STD, draw_boxes, show_image
 
-DEMO_DIR = Path(".cache/updetr_lite/demo")
+# the project's cache, wherever the notebook runs from
+DEMO_DIR = Path(__file__).resolve().parents[1] / ".cache" / "updetr_lite" / "demo"
 
 
 class DemoError(ValueError):
@@ -78,51 +79,28 @@ def read_image(source) -> np.ndarray:
         ) from e
 
 
-def _resize_hw(h: int, w: int, size: int, max_size: int) -> tuple[int, int]:
-    """Shortest side ``size``, longest at most ``max_size`` (DETR's resize rule)."""
-    scale = min(size / min(h, w), max_size / max(h, w))
-    return max(1, round(h * scale)), max(1, round(w * scale))
-
-
 def _normalize(t: torch.Tensor) -> torch.Tensor:
     """uint8 [..., 3, H, W] -> float ImageNet-normalised."""
     return TF.normalize(t.float() / 255, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def prepare_image(image: np.ndarray, size: int, max_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """HxWx3 uint8 -> (images [1, 3, H', W'] normalised, mask [1, H', W'] all False)."""
-    t = torch.from_numpy(as_uint8_image(image)).permute(2, 0, 1)
-    h, w = _resize_hw(t.shape[1], t.shape[2], size, max_size)
-    t = TF.resize(t, [h, w], antialias=True)
-    return _normalize(t)[None], torch.zeros(1, h, w, dtype=torch.bool)
+    """HxWx3 uint8 -> (images [1, 3, H', W'] normalised, mask [1, H', W'] all False), resized
+    as the pretext model sees it (``engine.inference.eval_input``)."""
+    from .engine.inference import eval_input
 
-
-def patch_augmentation(patch_size: int) -> v2.Transform:
-    """SimCLR-style colour augmentation of the authors' pre-training (no flip):
-    ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2, Gaussian blur sigma 0.1..2 p=0.5."""
-    k = max(3, (patch_size // 10) | 1)  # odd kernel, about a tenth of the patch
-    return v2.Compose(
-        [
-            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-            v2.RandomApply([v2.GaussianBlur(k, sigma=(0.1, 2.0))], p=0.5),
-        ]
-    )
+    return eval_input(as_uint8_image(image), size, max_size)
 
 
 def check_boxes(boxes_xyxy, size: tuple[int, int]) -> torch.Tensor:
-    """Pixel xyxy boxes [k, 4] inside an image of size (h, w), each at least 2 px a side."""
+    """Pixel xyxy boxes [k, 4] inside an image of size (h, w), each at least 2 px a side
+    (``engine.inference.check_boxes``; an empty list is an error too)."""
+    from .engine.inference import check_boxes as _check
+
     b = torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4)
-    h, w = size
     if len(b) == 0:
         raise DemoError("no query patch given: need at least one box x0, y0, x1, y1")
-    for x0, y0, x1, y1 in b.tolist():
-        if not (0 <= x0 and 0 <= y0 and x1 <= w and y1 <= h and x1 - x0 >= 2 and y1 - y0 >= 2):
-            raise DemoError(
-                f"query patch box {[round(v, 1) for v in (x0, y0, x1, y1)]} is not inside the "
-                f"{w}x{h} image with sides of at least 2 px"
-            )
-    return b
+    return _check(b, *size)
 
 
 def query_patches(image: np.ndarray, boxes_xyxy, patch_size: int, augment: bool = False):
@@ -130,6 +108,8 @@ def query_patches(image: np.ndarray, boxes_xyxy, patch_size: int, augment: bool 
     augment -> [k, 3, p, p] normalised (what a 'crop' model receives)."""
     img = torch.from_numpy(as_uint8_image(image)).permute(2, 0, 1)
     b = check_boxes(boxes_xyxy, img.shape[1:]).round().long()
+    from .engine.inference import patch_augmentation
+
     aug = patch_augmentation(patch_size) if augment else None
     out = []
     for x0, y0, x1, y1 in b.tolist():
@@ -143,6 +123,8 @@ def augment_image(image: np.ndarray, generator_seed: int | None = None) -> np.nd
     from this copy when augmentation is on)."""
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
+    from .engine.inference import patch_augmentation
+
     t = torch.from_numpy(as_uint8_image(image)).permute(2, 0, 1)
     return patch_augmentation(max(t.shape[1:]) // 4)(t).permute(1, 2, 0).numpy()
 
@@ -150,49 +132,25 @@ def augment_image(image: np.ndarray, generator_seed: int | None = None) -> np.nd
 # ---------------------------------------------------------------- prediction
 
 
-def model_input_size(model, cfg: Config) -> tuple[int, int]:
-    d = cfg.data
-    return max(d.pretext_scales), d.pretext_max_size
-
-
-@torch.no_grad()
 def localize_patches_in_image(
     model, cfg: Config, image: np.ndarray, boxes_xyxy, augment: bool = False, seed: int = 0
 ) -> dict:
-    """Where does the model find each query patch?
+    """Where does the model find each query patch? (``engine.inference.localize_patches``)
 
     image HxWx3 uint8, boxes_xyxy [k, 4] pixels (k <= M) -> dict(boxes [k, 4] xyxy pixels of
     the image, scores [k] probability of the query-patch class, query_boxes [k, 4] the input,
     iou [k] between each prediction and its own query patch box)."""
-    model.eval()
+    from .engine.inference import localize_patches
+
     image = as_uint8_image(image)
-    h, w = image.shape[:2]
-    boxes = check_boxes(boxes_xyxy, (h, w))
-    if len(boxes) > model.num_patches:
-        raise DemoError(f"{len(boxes)} query patches, the model takes at most {model.num_patches}")
-    size, max_size = model_input_size(model, cfg)
-    images, mask = prepare_image(image, size, max_size)
-    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-    patch_boxes = box_convert(boxes / scale, "xyxy", "cxcywh")[None]
-    features, fmask = model.backbone(images, mask)
-    if model.patch_feature == "crop":
-        torch.manual_seed(seed)
-        patches = query_patches(image, boxes, cfg.pretext.patch_size, augment)
-        patch_feature = model.backbone.patch_feature(patches)[None]
-    elif augment:
-        aug_images, aug_mask = prepare_image(augment_image(image, seed), size, max_size)
-        aug_features, aug_fmask = model.backbone(aug_images, aug_mask)
-        patch_feature = model.roi_patch_feature(aug_features, aug_fmask, patch_boxes)
-    else:
-        patch_feature = model.roi_patch_feature(features, fmask, patch_boxes)
-    out = model.forward_features(features, fmask, patch_feature=patch_feature)
-    pred, scores = model.localize(out)
-    pred_xyxy = box_convert(pred[0].float(), "cxcywh", "xyxy") * scale
+    boxes = check_boxes(boxes_xyxy, image.shape[:2])
+    found = localize_patches(model, cfg, image, boxes=boxes, augment=augment, seed=seed)
+    pred = torch.tensor([r["box"] for r in found], dtype=torch.float32)
     return {
-        "boxes": pred_xyxy,
-        "scores": scores[0].float(),
+        "boxes": pred,
+        "scores": torch.tensor([r["score"] for r in found]),
         "query_boxes": boxes,
-        "iou": box_iou(pred_xyxy, boxes).diagonal(),
+        "iou": box_iou(pred, boxes).diagonal(),
     }
 
 
@@ -217,89 +175,12 @@ def save_demo_checkpoint(model, cfg: Config, path, **extra) -> Path:
     return path
 
 
-def _count_blocks(sd: dict, prefix: str, stage: str) -> int:
-    ids = {
-        k[len(prefix) + len(stage) + 1 :].split(".")[0]
-        for k in sd
-        if k.startswith(f"{prefix}{stage}.")
-    }
-    return len(ids)
+def load_demo_model(path, preset: str = "paper") -> tuple[torch.nn.Module, Config]:
+    """(UPDETR in eval mode, its Config) from this kit's pretext checkpoint or the authors'
+    (their settings read from the tensor shapes over ``preset``; ``engine.inference``)."""
+    from .engine.inference import load_model
 
-
-def config_from_authors_state(sd: dict, num_patches: int = 10) -> Config:
-    """The paper configuration that fits a state dict in the authors' layout (their
-    ``up-detr-pre-training-60ep-imagenet.pth`` has ResNet-50, width 256, N = 100, M = 10)."""
-    from .models.weights import DETR_CNN_PREFIX
-
-    if "query_embed.weight" not in sd or "patch2query.weight" not in sd:
-        raise DemoError("not an UP-DETR pre-training checkpoint: no query_embed / patch2query keys")
-    cfg = get_config("paper")
-    n, d = sd["query_embed.weight"].shape
-    enc = len({k.split(".")[3] for k in sd if k.startswith("transformer.encoder.layers.")})
-    dec = len({k.split(".")[3] for k in sd if k.startswith("transformer.decoder.layers.")})
-    bottleneck = any(k.startswith(DETR_CNN_PREFIX + "layer1.0.conv3") for k in sd)
-    blocks3 = _count_blocks(sd, DETR_CNN_PREFIX, "layer3")
-    name = {
-        (False, 2): "resnet18",
-        (False, 6): "resnet34",
-        (True, 6): "resnet50",
-        (True, 23): "resnet101",
-    }.get((bottleneck, blocks3))
-    if name is None:
-        raise DemoError(f"cannot tell the ResNet of this checkpoint ({blocks3} blocks in layer3)")
-    layer = "layer4" if any(k.startswith(DETR_CNN_PREFIX + "layer4.") for k in sd) else "layer3"
-    cfg.model = dataclasses.replace(
-        cfg.model,
-        backbone=name,
-        backbone_layer=layer,
-        hidden_dim=d,
-        num_queries=n,
-        enc_layers=enc,
-        dec_layers=dec,
-        dim_feedforward=sd["transformer.encoder.layers.0.linear1.weight"].shape[0]
-        if enc
-        else cfg.model.dim_feedforward,
-        pre_norm="transformer.encoder.norm.weight" in sd,
-        dropout=0.0,
-    )
-    cfg.pretext = dataclasses.replace(
-        cfg.pretext, num_patches=num_patches, patch_feature="crop", query_shuffle=False
-    )
-    return cfg.validate()
-
-
-def load_demo_model(path) -> tuple[torch.nn.Module, Config]:
-    """(UPDETR in eval mode, its Config) from this kit's pretext checkpoint or the authors'."""
-    from .engine.checkpoint import load_checkpoint
-    from .models import build_updetr
-    from .models.weights import AUTHOR_NAMES
-
-    ckpt = load_checkpoint(path)
-    sd = ckpt.get("model", ckpt)
-    if "config" in ckpt:
-        cfg = Config.from_dict(ckpt["config"])
-        if ckpt.get("kind", "pretext") != "pretext":
-            raise DemoError(f"{path}: a {ckpt['kind']} checkpoint; the demo needs a pretext one")
-    else:  # the authors' release: {'model': ..., 'args': Namespace}
-        args = ckpt.get("args")
-        cfg = config_from_authors_state(sd, getattr(args, "num_patches", 10) or 10)
-        renamed = {}
-        for k, v in sd.items():
-            for old, new in AUTHOR_NAMES.items():
-                if k.startswith(old):
-                    k = new + k[len(old) :]
-                    break
-            renamed[k] = v
-        sd = renamed
-    model = build_updetr(cfg)
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.endswith("group_mask")]
-    if missing or unexpected:
-        raise DemoError(
-            f"{path}: does not fit the UP-DETR model: missing {missing[:3]} ({len(missing)}), "
-            f"unexpected {unexpected[:3]} ({len(unexpected)})"
-        )
-    return model.eval(), cfg
+    return load_model(path, kind="pretext", preset=preset)
 
 
 # ---------------------------------------------------------------- training the lite checkpoint

@@ -135,3 +135,42 @@ def loss_fell(values, fraction: float = 0.2, min_drop: float = 0.0) -> bool:
     k = max(1, int(len(v) * fraction))
     first, last = sum(v[:k]) / k, sum(v[-k:]) / k
     return last < first * (1 - min_drop)
+
+
+def project_root() -> Path:
+    """The folder holding the ``updetr_lite`` package (the project root in a checkout)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def notebook_config(preset: str, overrides: list[str] | None = None, cache_dir=None):
+    """``get_config(preset, overrides)`` with the data cache anchored in the project's
+    ``.cache/updetr_lite`` (a notebook's working folder is ``notebooks/``, not the root)."""
+    from .config import get_config
+
+    cache = Path(cache_dir) if cache_dir else project_root() / ".cache" / "updetr_lite"
+    return get_config(preset, [*(overrides or []), f"data.cache_dir={cache}"])
+
+
+@torch.no_grad()
+def dropped_patch_fraction(
+    model, features: torch.Tensor, mask: torch.Tensor, patch_boxes: torch.Tensor, trials: int = 20
+) -> float:
+    """Fraction of (query, image) copies of a patch feature that patch dropout zeroed, seen
+    in the ``query_pos`` the decoder receives (model in train mode, query shuffle off)."""
+    if not model.training or model.query_shuffle:
+        raise ValueError("dropped_patch_fraction needs model.train() and query_shuffle off")
+    seen = []
+
+    def grab(_mod, _args, kwargs):
+        seen.append(kwargs["query_pos"].detach())
+
+    handle = model.transformer.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        for _ in range(trials):
+            model.forward_features(features, mask, patch_boxes=patch_boxes)
+    finally:
+        handle.remove()
+    nq = seen[0].shape[1]
+    queries = model.query_embed.weight[:nq]
+    carried = torch.stack(seen) - queries  # [trials, B, nq, d]: patch feature or zeros
+    return float((carried.abs().amax(-1) < 1e-6).float().mean())

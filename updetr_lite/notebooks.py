@@ -1,0 +1,128 @@
+"""Execute the tutorial notebooks with papermill and render executed copies as HTML.
+
+``render_notebooks(out_dir, smoke=False)`` is what the main command calls; the test suite
+runs ``execute_notebook`` on each notebook with ``SMOKE=True``. Notebooks live in
+``notebooks/`` (committed without outputs), run on the ``updetr-lite`` kernel, and write
+their checkable values as JSON into their ``RESULTS_DIR`` parameter.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .notebook_checks import project_root
+
+KERNEL = "updetr-lite"
+NOTEBOOKS = (
+    "01_random_query_patches",
+    "02_multi_query_patches",
+    "03_matching_and_losses",
+    "04_pretraining_live",
+    "05_finetuning",
+    "06_patch_localization_demo",
+)
+
+
+class NotebookError(RuntimeError):
+    """A notebook that failed to run; the message names it and its executed copy."""
+
+
+def notebook_dir() -> Path:
+    return project_root() / "notebooks"
+
+
+def notebook_env(tmp: Path | None = None, agg: bool = True) -> dict[str, str]:
+    """Environment for a kernel: caches in the project (or ``tmp``), the project importable
+    even where the kit is not pip-installed, and Agg plots when ``agg`` (tests: nothing to
+    show); without it the kernel's inline backend puts the figures into the outputs."""
+    root = project_root()
+    cache = Path(tmp) if tmp else root / ".cache"
+    env = {
+        "MPLCONFIGDIR": str(cache / "matplotlib"),
+        "JUPYTER_CONFIG_DIR": str(cache / "jupyter" / "config"),
+        "JUPYTER_DATA_DIR": str(cache / "jupyter" / "data"),
+        "JUPYTER_RUNTIME_DIR": str(cache / "jupyter" / "runtime"),
+        "IPYTHONDIR": str(cache / "ipython"),
+        "TORCH_HOME": str(root / ".cache" / "torch"),
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p
+        ),
+    }
+    if agg:
+        env["MPLBACKEND"] = "Agg"
+    for key in ("MPLCONFIGDIR", "JUPYTER_RUNTIME_DIR", "IPYTHONDIR"):
+        Path(env[key]).mkdir(parents=True, exist_ok=True)
+    return env
+
+
+def execute_notebook(
+    name: str,
+    out_dir,
+    parameters: dict | None = None,
+    kernel_name: str = KERNEL,
+    timeout: int = 1800,
+    env_dir=None,
+    agg: bool = True,
+) -> Path:
+    """Run ``notebooks/<name>.ipynb`` with papermill into ``out_dir/<name>.ipynb`` (the working
+    folder is ``notebooks/``); ``RESULTS_DIR`` defaults to ``out_dir/results``. Returns the
+    executed copy's path; raises NotebookError naming the cell that failed."""
+    import papermill as pm
+
+    src = notebook_dir() / f"{name}.ipynb"
+    if not src.is_file():
+        raise FileNotFoundError(f"notebook not found: {src}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = {"RESULTS_DIR": str(out_dir / "results"), **(parameters or {})}
+    dest = out_dir / f"{name}.ipynb"
+    saved = dict(os.environ)
+    os.environ.pop("MPLBACKEND", None)
+    os.environ.update(notebook_env(env_dir, agg))  # the kernel inherits this environment
+    try:
+        pm.execute_notebook(
+            str(src),
+            str(dest),
+            parameters=params,
+            kernel_name=kernel_name,
+            cwd=str(notebook_dir()),
+            execution_timeout=timeout,
+            progress_bar=False,
+        )
+    except pm.PapermillExecutionError as e:
+        raise NotebookError(
+            f"notebook {name} failed in cell {e.exec_count}: {e.ename}: {e.evalue} (see {dest})"
+        ) from e
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return dest
+
+
+def to_html(executed: Path, html_dir) -> Path:
+    """Render an executed notebook as a standalone HTML file (nbconvert)."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    html_dir = Path(html_dir)
+    html_dir.mkdir(parents=True, exist_ok=True)
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    dest = html_dir / (Path(executed).stem + ".html")
+    dest.write_text(body, encoding="utf-8")
+    return dest
+
+
+def render_notebooks(out_dir, smoke: bool = False, names=NOTEBOOKS) -> dict[str, Path]:
+    """Execute every notebook (headless: the demo shows its static figure) and write
+    ``out_dir/<name>.ipynb``, ``out_dir/html/<name>.html`` and ``out_dir/results/*.json``.
+    Returns {name: html path}."""
+    out_dir = Path(out_dir)
+    pages = {}
+    for name in names:
+        params = {"SMOKE": smoke}
+        if name.startswith("06"):
+            params["INTERACTIVE"] = False
+        executed = execute_notebook(name, out_dir, params, agg=False)
+        pages[name] = to_html(executed, out_dir / "html")
+    return pages
