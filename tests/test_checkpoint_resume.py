@@ -31,6 +31,7 @@ OVERRIDES = [
     "finetune.cache_features=False",
     "finetune.log_every=1",
     "finetune.eval_every=1",
+    "model.dropout=0.1",  # the model draws random numbers: resume must restore the RNG
 ]
 
 CHILD = """
@@ -55,7 +56,9 @@ train(get_config("smoke", overrides), "finetune", out, resume=resume, last_every
 def _child(out, cache, delay=0.0, resume=False):
     script = CHILD.format(overrides=OVERRIDES)
     args = [sys.executable, "-c", script, str(out), str(cache), str(delay), "1" if resume else "0"]
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
     return subprocess.Popen(args, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
 
 

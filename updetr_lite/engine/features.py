@@ -89,22 +89,24 @@ def data_identity(data_cfg) -> dict:
 
 
 @torch.no_grad()
-def compute_maps(extractor: FeatureExtractor, loader, desc: str = "features") -> list[torch.Tensor]:
-    """Every image's map [C, h, w], cropped to its unpadded extent, in loader order.
+def compute_maps(extractor: FeatureExtractor, loader, desc: str = "features"):
+    """Every image's map [C, h, w], cropped to its unpadded extent, in loader order, and the
+    third element of each batch (targets, sizes, ...) flattened alongside.
 
-    ``loader`` yields (images, mask, *rest) batches (unshuffled).
+    ``loader`` yields unshuffled (images, mask, per_image_list) batches.
     """
     from tqdm.auto import tqdm
 
-    maps = []
+    maps, extras = [], []
     for batch in tqdm(loader, desc=desc, disable=not du.is_main_process(), leave=False):
         feats, fmask = extractor.images(batch[0], batch[1])
+        extras.extend(batch[2])
         for f, m in zip(feats, fmask):
             h, w = int((~m[:, 0]).sum()), int((~m[0, :]).sum())
             f = f[:, :h, :w].cpu()
             # maps from the bf16 fast path are exact in bf16: store them at half the memory
             maps.append(f.bfloat16() if torch.equal(f.bfloat16().float(), f) else f.clone())
-    return maps
+    return maps, extras
 
 
 def cached(path: Path, compute):

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.ops import box_convert
 
 from ..config import Config
 from . import distributed as du
@@ -282,49 +283,75 @@ def _cached_detection(cfg, extractor, dataset, ident, split, eval_view=True):
     view = _eval_view(dataset, cfg) if eval_view else dataset
     path = ft.cache_path(cfg.data.cache_dir, ft.cache_key("detection", split, len(view), ident))
 
-    def compute_with_targets():
-        maps, targets = [], []
+    def compute():
         loader = ft.feature_loader(view, collate_detection, 16, cfg.data.num_workers)
-        for batch in loader:
-            targets.extend(batch[2])
-        maps = ft.compute_maps(extractor, loader, desc=f"CNN features ({split})")
+        maps, targets = ft.compute_maps(extractor, loader, desc=f"CNN features ({split})")
         return {"maps": maps, "targets": targets}
 
-    data = ft.cached(path, compute_with_targets)
+    data = ft.cached(path, compute)
     ds = ft.CachedDetection(data["maps"], data["targets"])
     if hasattr(dataset, "coco"):
         ds.coco = dataset.coco
     return ds, data["maps"]
 
 
-def _cached_pretext(cfg, extractor, dataset, ident):
-    mode = cfg.pretext.patch_feature
-    view, sizes = _pretext_eval_view(dataset, cfg)
-    path = ft.cache_path(cfg.data.cache_dir, ft.cache_key("pretext", len(view), ident))
+class _PretextImages(Dataset):
+    """The pretext dataset's images only, each drawn once with a fixed seed (one view per
+    image for the cache), with the size the query patch boxes are drawn on."""
 
-    def compute():
-        loader = ft.feature_loader(view, _collate_images, 16, cfg.data.num_workers)
-        return {"maps": ft.compute_maps(extractor, loader, desc="CNN features (pretext)")}
+    def __init__(self, dataset, seed: int):
+        self.seeded = SeededDataset(dataset, seed)
+        self.seeded.epoch = 2**31 - 1  # never a training epoch
 
-    maps = ft.cached(path, compute)["maps"]
-    if mode == "roi":
-        return ft.CachedPretextRoi(maps, sizes, _box_sampler(dataset, cfg))
-    return ft.CachedPretextCrop(maps, dataset)
+    def __len__(self):
+        return len(self.seeded)
+
+    def __getitem__(self, i):
+        image, target = self.seeded[i][:2]
+        size = target.get("orig_size", torch.tensor(image.shape[-2:]))
+        return image, tuple(int(x) for x in size)
 
 
 def _collate_images(batch):
     from ..data.collate import pad_images
 
     images, mask = pad_images([b[0] for b in batch])
-    return images, mask
+    return images, mask, [b[1] for b in batch]
 
 
-def _pretext_eval_view(dataset, cfg):
-    raise NotImplementedError
+def _cached_pretext(cfg, extractor, dataset, ident):
+    view = _PretextImages(dataset, cfg.pretrain.seed)
+    path = ft.cache_path(cfg.data.cache_dir, ft.cache_key("pretext", len(view), ident))
+
+    def compute():
+        loader = ft.feature_loader(view, _collate_images, 16, cfg.data.num_workers)
+        maps, sizes = ft.compute_maps(extractor, loader, desc="CNN features (pretext)")
+        return {"maps": maps, "sizes": sizes}
+
+    data = ft.cached(path, compute)
+    if cfg.pretext.patch_feature == "roi":
+        return ft.CachedPretextRoi(data["maps"], data["sizes"], _box_sampler(dataset, cfg))
+    return ft.CachedPretextCrop(data["maps"], dataset)
 
 
 def _box_sampler(dataset, cfg):
-    raise NotImplementedError
+    """Query patch boxes for an image of size (h, w): the pretext dataset's own sampler when
+    it has one, else the paper's rule (reference-facts.md): sides uniform in
+    [min_patch, side - min_patch] pixels, independently, then a uniform top-left corner."""
+    own = getattr(dataset, "sample_boxes", None)
+    if own is not None:
+        return own
+    m, lo = cfg.pretext.num_patches, cfg.pretext.min_patch
+
+    def sample(h: int, w: int) -> torch.Tensor:
+        bw = torch.randint(lo, max(lo, w - lo) + 1, (m,)).float()
+        bh = torch.randint(lo, max(lo, h - lo) + 1, (m,)).float()
+        x0 = (torch.rand(m) * (w - bw + 1)).floor().clamp(max=w - bw)
+        y0 = (torch.rand(m) * (h - bh + 1)).floor().clamp(max=h - bh)
+        xyxy = torch.stack((x0, y0, x0 + bw, y0 + bh), -1) / torch.tensor([w, h, w, h])
+        return box_convert(xyxy, "xyxy", "cxcywh")
+
+    return sample
 
 
 # --------------------------------------------------------------------------- training
@@ -376,6 +403,18 @@ def _build(cfg: Config, stage: str):
     if stage == "pretrain":
         return build_updetr(cfg), build_criterion(cfg, pretext=True), "pretext", 2
     return build_detr(cfg), build_criterion(cfg, pretext=False), "detection", cfg.model.num_classes
+
+
+def prepare_model(cfg: Config, stage: str):
+    """(model, criterion, trainable_cnn) for a stage. A CNN that never steps (lr_backbone 0,
+    or the frozen pre-training CNN) gets requires_grad False: no gradient, not in the optimizer.
+    """
+    model, criterion, _, _ = _build(cfg, stage)
+    trainable_cnn = _trainable_cnn(cfg, stage)
+    if not trainable_cnn:
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    return model, criterion, trainable_cnn
 
 
 def _init_from_pretext(model, init, log: JsonLog) -> dict:
@@ -447,11 +486,7 @@ def train(
         (out / "config.json").write_text(cfg.to_json())
     log = JsonLog(out / "log.jsonl", main, ckpt["log_records"] if ckpt else None)
 
-    model, criterion, _, _ = _build(cfg, stage)
-    trainable_cnn = _trainable_cnn(cfg, stage)
-    if not trainable_cnn:  # no gradient for a CNN that never steps, and not in the optimizer
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
+    model, criterion, trainable_cnn = prepare_model(cfg, stage)
     init_report = None
     if init is not None and ckpt is None:
         init_report = _init_from_pretext(model, init, log)

@@ -1,0 +1,164 @@
+"""End to end at smoke size: pre-training, then fine-tuning from it; what lands on disk."""
+
+import json
+
+import pytest
+import torch
+import torchvision
+from torchvision.ops import FrozenBatchNorm2d
+
+from updetr_lite.config import Config, get_config
+from updetr_lite.engine.checkpoint import load_checkpoint
+from updetr_lite.engine.evaluate import METRICS
+from updetr_lite.engine.features import FeatureCacheError
+from updetr_lite.engine.train import StepModel, compute_losses, prepare_model, train
+
+
+def _records(path, kind):
+    rs = [json.loads(line) for line in (path / "log.jsonl").read_text().splitlines()]
+    return [r for r in rs if r["type"] == kind]
+
+
+@pytest.fixture(scope="module")
+def cnn_weights(tmp_path_factory):
+    """A random ResNet-18 in torchvision's format, so that every run starts from the same CNN."""
+    torch.manual_seed(123)
+    net = torchvision.models.resnet18(weights=None, norm_layer=FrozenBatchNorm2d)
+    path = tmp_path_factory.mktemp("cnn") / "resnet18.pth"
+    torch.save(net.state_dict(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, cnn_weights):
+    tmp = tmp_path_factory.mktemp("engine")
+    cfg = get_config(
+        "smoke",
+        [
+            f"data.cache_dir={str(tmp / 'cache')!r}",
+            f"model.backbone_weights={cnn_weights!r}",
+            "pretrain.log_every=1",
+            "finetune.log_every=1",
+        ],
+    )
+    pre = train(cfg, "pretrain", tmp / "pre", progress=False)
+    ft = train(cfg, "finetune", tmp / "ft", init=tmp / "pre" / "last.pth", progress=False)
+    return cfg, tmp, pre, ft
+
+
+def test_pretrain_writes_config_log_and_checkpoints(runs):
+    cfg, tmp, pre, _ = runs
+    out = tmp / "pre"
+    assert Config.from_dict(json.loads((out / "config.json").read_text())) == cfg
+    train_recs = _records(out, "train")
+    steps_per_epoch = cfg.data.embedded_unlabeled // cfg.pretrain.batch_size
+    assert [r["step"] for r in train_recs] == list(range(1, 2 * steps_per_epoch + 1))
+    for r in train_recs:
+        assert {"loss", "loss_ce", "loss_bbox", "loss_giou", "loss_rec", "lr"} <= set(r)
+        terms = r["loss_ce"] + r["loss_bbox"] + r["loss_giou"] + r["loss_rec"]
+        assert r["loss"] == pytest.approx(terms, rel=1e-5)
+    epochs = _records(out, "epoch")
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    for e in epochs:  # the per-epoch summary is the mean of that epoch's steps
+        mine = [r["loss"] for r in train_recs if r["epoch"] == e["epoch"]]
+        assert e["loss"] == pytest.approx(sum(mine) / len(mine), rel=1e-6)
+    last, best = load_checkpoint(out / "last.pth"), load_checkpoint(out / "best.pth")
+    assert last["kind"] == "pretext" and last["epoch"] == 2 and last["step"] == pre["steps"]
+    assert best["best"] == pytest.approx(min(e["loss"] for e in epochs))
+    assert any(k.startswith("patch_proj.") for k in last["model"])
+
+
+def test_finetune_from_pretext_reports_keys_and_evaluates(runs):
+    cfg, tmp, _, ft = runs
+    out = tmp / "ft"
+    (init,) = _records(out, "init")
+    assert {"class_embed.weight", "class_embed.bias"} <= set(init["dropped"])
+    assert any(k.startswith("patch_proj.") for k in init["dropped"])
+    assert any(k.startswith("reconstruction_head.") for k in init["dropped"])
+    assert set(init["new"]) == {"class_embed.weight", "class_embed.bias"}
+    assert ft["init_report"]["dropped"] == init["dropped"]
+    evals = _records(out, "eval")
+    assert [e["epoch"] for e in evals] == [0, 1]
+    for e in evals:
+        assert set(METRICS) <= set(e) and all(-1 <= e[k] <= 1 for k in METRICS)
+    assert ft["metrics"] == {k: evals[-1][k] for k in METRICS}
+    last, best = load_checkpoint(out / "last.pth"), load_checkpoint(out / "best.pth")
+    assert last["kind"] == "detection" and last["num_classes"] == cfg.model.num_classes
+    assert best["best"] == max(e["AP"] for e in evals)
+    # the frozen CNN is the same file in both stages; the transformer trained on
+    pre = load_checkpoint(tmp / "pre" / "last.pth")["model"]
+    cnn = [k for k in last["model"] if k.startswith("backbone.0.body.")]
+    assert cnn and all(torch.equal(pre[k], last["model"][k]) for k in cnn)
+    assert not torch.equal(pre["query_embed.weight"], last["model"]["query_embed.weight"])
+
+
+def _image_batch(cfg):
+    from updetr_lite.data.build import build_detection_datasets
+    from updetr_lite.data.collate import collate_detection
+
+    train_set, _ = build_detection_datasets(cfg)
+    images, mask, targets = collate_detection([train_set[i] for i in range(2)])
+    return {"inputs": images, "mask": mask, "targets": targets, "pretext": False}
+
+
+def test_lr_backbone_zero_means_no_cnn_grad_and_unchanged(tmp_path, cnn_weights):
+    base = [
+        f"data.cache_dir={str(tmp_path / 'cache')!r}",
+        f"model.backbone_weights={cnn_weights!r}",
+        "finetune.cache_features=False",
+        "finetune.max_steps=2",
+        "finetune.epochs=1",
+    ]
+    file_cnn = torch.load(cnn_weights)
+    for lr_cnn in (0.0, 1e-3):
+        cfg = get_config("smoke", base + [f"finetune.lr_backbone={lr_cnn}"])
+        model = prepare_model(cfg, "finetune")[0]
+        cnn = {n: p for n, p in model.named_parameters() if n.startswith("backbone.")}
+        from updetr_lite.models import build_criterion
+
+        losses = compute_losses(
+            StepModel(model, False, False),
+            build_criterion(cfg, False),
+            _image_batch(cfg),
+            torch.device("cpu"),
+            amp=False,
+        )
+        losses["loss"].backward()
+        with_grad = [n for n, p in cnn.items() if p.grad is not None]
+        out = tmp_path / f"lr{lr_cnn}"
+        train(cfg, "finetune", out, progress=False)
+        last = load_checkpoint(out / "last.pth")
+        changed = [
+            k
+            for k, v in file_cnn.items()
+            if f"backbone.0.body.{k}" in last["model"]
+            and not torch.equal(last["model"][f"backbone.0.body.{k}"], v)
+        ]
+        groups = last["optimizer"]["param_groups"]
+        if lr_cnn == 0:
+            assert with_grad == [] and not any(p.requires_grad for p in cnn.values())
+            assert changed == [] and len(groups) == 1
+        else:  # the contrast: a CNN lr trains layer2..layer4 through its own group
+            assert with_grad and all(n.split(".")[3] != "conv1" for n in with_grad)
+            assert changed and len(groups) == 2 and groups[1]["lr"] == pytest.approx(1e-3)
+
+
+def test_cache_features_with_trainable_cnn_is_refused(tmp_path):
+    cfg = get_config("smoke", [f"data.cache_dir={str(tmp_path)!r}", "finetune.lr_backbone=1e-5"])
+    with pytest.raises(FeatureCacheError, match="finetune.cache_features=True needs a frozen CNN"):
+        train(cfg, "finetune", tmp_path / "run", progress=False)
+
+
+def test_bf16_autocast_pretrain_runs(tmp_path):
+    cfg = get_config(
+        "smoke",
+        [
+            f"data.cache_dir={str(tmp_path)!r}",
+            "pretrain.amp=True",
+            "pretrain.max_steps=2",
+            "pretrain.log_every=1",
+        ],
+    )
+    summary = train(cfg, "pretrain", tmp_path / "run", progress=False)
+    assert summary["steps"] == 2
+    assert all(r["loss"] == r["loss"] for r in _records(tmp_path / "run", "train"))  # not NaN
