@@ -64,7 +64,12 @@ def cell_labels(
 
 def load_coco_split(images_dir: str | Path, ann_file: str | Path):
     """(images uint8 [n, 3, H, W] list, annotations per image list) of a COCO-format split."""
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    def read(path):
+        with Image.open(path) as im:
+            return TF.pil_to_tensor(im.convert("RGB"))
 
     coco = json.loads(Path(ann_file).read_text())
     per_image = {im["id"]: [] for im in coco["images"]}
@@ -72,7 +77,7 @@ def load_coco_split(images_dir: str | Path, ann_file: str | Path):
         per_image[a["image_id"]].append(a)
     images, anns = [], []
     for im in coco["images"]:
-        images.append(decode_image(str(Path(images_dir) / im["file_name"]), mode=ImageReadMode.RGB))
+        images.append(read(Path(images_dir) / im["file_name"]))
         anns.append(per_image[im["id"]])
     return images, anns
 
@@ -166,7 +171,7 @@ def train_cnn(
                 pred = logits.argmax(1)
                 obj = y > 0
                 stats = {
-                    "loss": float(loss),
+                    "loss": float(loss.detach()),
                     "cell_acc": float((pred == y).float().mean()),
                     "object_acc": float((pred[obj] == y[obj]).float().mean()) if obj.any() else 0.0,
                 }

@@ -674,10 +674,11 @@ def sample_patch_boxes(gen, height: int, width: int, k: int, min_patch: int):
 
 def load_image(path: str | Path, size: int, max_size: int):
     """uint8 [3, H, W] resized so the shortest side is ``size`` (longest <= max_size)."""
-    from torchvision.io import ImageReadMode, decode_image
+    from PIL import Image
     from torchvision.transforms.v2 import functional as F
 
-    img = decode_image(str(path), mode=ImageReadMode.RGB)
+    with Image.open(path) as im:
+        img = F.pil_to_tensor(im.convert("RGB"))
     if min(img.shape[-2:]) != size:
         img = F.resize(img, size, max_size=max_size if max_size > size else None, antialias=True)
     return img

@@ -1,0 +1,148 @@
+"""The lite CNN: per-cell labels, the k-NN probe, torchvision-format weights, training."""
+
+import json
+import math
+
+import torch
+import torchvision
+
+from updetr_lite import lite_cnn
+from updetr_lite.models.backbone import Backbone
+from updetr_lite.models.weights import load_cnn_weights
+
+
+def _brute_cell_labels(boxes, cats, h, w, stride):
+    gh, gw = math.ceil(h / stride), math.ceil(w / stride)
+    out = [[0] * gw for _ in range(gh)]
+    for i in range(gh):
+        for j in range(gw):
+            cy, cx = (i + 0.5) * stride, (j + 0.5) * stride
+            best, best_area = 0, None
+            for (x, y, bw, bh), c in zip(boxes, cats):
+                if x <= cx < x + bw and y <= cy < y + bh:
+                    if best_area is None or bw * bh < best_area:
+                        best, best_area = c, bw * bh
+            out[i][j] = best
+    return torch.tensor(out)
+
+
+def test_cell_labels_match_brute_force():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(20):
+        h, w = 64 + 16 * (trial % 3), 80
+        n = int(torch.randint(0, 5, (1,), generator=g))
+        boxes, cats = [], []
+        for _ in range(n):
+            bw, bh = (float(v) for v in torch.randint(6, 50, (2,), generator=g))
+            x = float(torch.randint(0, w - int(bw), (1,), generator=g))
+            y = float(torch.randint(0, h - int(bh), (1,), generator=g))
+            boxes.append([x, y, bw, bh])
+            cats.append(int(torch.randint(1, 6, (1,), generator=g)))
+        got = lite_cnn.cell_labels(boxes, cats, h, w, 16)
+        want = _brute_cell_labels(boxes, cats, h, w, 16)
+        assert torch.equal(got, want), (boxes, cats)
+
+
+def _brute_knn(trx, tr_y, tex, k):
+    preds = []
+    for x in tex:
+        sims = [(float(torch.dot(x, t) / (x.norm() * t.norm())), int(y)) for t, y in zip(trx, tr_y)]
+        sims.sort(key=lambda s: -s[0])
+        votes = {}
+        for s, y in sims[:k]:
+            votes[y] = votes.get(y, 0.0) + max(s, 0.0) + 1e-6
+        preds.append(max(votes, key=votes.get))
+    return preds
+
+
+def test_knn_accuracy_can_fail():
+    g = torch.Generator().manual_seed(1)
+    # separable: each class its own direction
+    centers = torch.randn(4, 16, generator=g) * 5
+    y_tr, y_te = torch.randint(0, 4, (200,), generator=g), torch.randint(0, 4, (100,), generator=g)
+    x_tr = centers[y_tr] + 0.1 * torch.randn(200, 16, generator=g)
+    x_te = centers[y_te] + 0.1 * torch.randn(100, 16, generator=g)
+    assert lite_cnn.knn_accuracy(x_tr, y_tr, x_te, y_te, k=5) == 1.0
+    # random features: labels cannot be predicted; accuracy near chance (0.25)
+    r_tr, r_te = torch.randn(200, 16, generator=g), torch.randn(100, 16, generator=g)
+    acc = lite_cnn.knn_accuracy(r_tr, y_tr, r_te, y_te, k=5)
+    assert acc < 0.45
+    # and it is exactly the brute-force weighted k-NN
+    want = torch.tensor(_brute_knn(r_tr, y_tr, r_te, 5))
+    assert acc == float((want == y_te).float().mean())
+
+
+def test_weights_load_into_the_kits_backbone(tmp_path):
+    torch.manual_seed(0)
+    cnn = lite_cnn.DenseCNN("resnet18", "layer3", num_classes=6)
+    # make BN statistics non-trivial so that a wrong mapping would show
+    cnn.train()
+    with torch.no_grad():
+        for _ in range(3):
+            cnn(torch.randn(4, 3, 64, 64) * 2 + 1)
+    cnn.eval()
+    sd = cnn.torchvision_state_dict()
+    # torchvision format: exactly the keys of a torchvision ResNet-18 up to layer3
+    tv = set(torchvision.models.resnet18().state_dict())
+    assert set(sd) == {k for k in tv if not k.startswith(("layer4.", "fc."))}
+    path = tmp_path / "cnn.pth"
+    torch.save(sd, path)
+    bb = Backbone("resnet18", "layer3", frozen_cnn=True)
+    load_cnn_weights(bb, str(path))
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        want = cnn.trunk(x)
+        got, _ = bb(x, torch.zeros(2, 64, 64, dtype=torch.bool))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_object_crops_keep_objects_and_labels():
+    img = torch.zeros(3, 40, 60, dtype=torch.uint8)
+    img[:, 5:25, 10:30] = 200
+    anns = [
+        {"bbox": [10, 5, 20, 20], "category_id": 3},
+        {"bbox": [40, 30, 4, 4], "category_id": 2},  # under min_side: left out
+        {"bbox": [30, 10, 30, 30], "category_id": 5},
+    ]
+    crops, labels = lite_cnn.object_crops([img], [anns], size=16, min_side=8)
+    assert crops.shape == (2, 3, 16, 16) and labels.tolist() == [3, 5]
+    assert crops[0].float().mean() > 190  # the bright square, all of it
+
+
+def test_train_cnn_learns_a_dense_task(tmp_path):
+    # class 1 cells are bright, class 2 cells dark, class 0 grey: learnable in a few steps
+    g = torch.Generator().manual_seed(0)
+    images, labels = [], []
+    for _ in range(16):
+        lab = torch.randint(0, 3, (2, 2), generator=g)
+        val = torch.tensor([128, 250, 5])[lab]
+        img = val.repeat_interleave(16, 0).repeat_interleave(16, 1)
+        images.append(img[None].expand(3, -1, -1).to(torch.uint8).clone())
+        labels.append(lab)
+    out = lite_cnn.train_cnn(
+        images,
+        labels,
+        3,
+        steps=30,
+        out_dir=tmp_path,
+        batch_size=8,
+        lr=3e-3,
+        bf16=False,
+        log_every=5,
+        echo=lambda *_: None,
+    )
+    recs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert recs[-1]["step"] == 30 and out["steps"] == 30
+    assert recs[-1]["loss"] < 0.5 * recs[0]["loss"], (recs[0]["loss"], recs[-1]["loss"])
+    assert (tmp_path / "cnn.pth").exists()
+    bb = Backbone("resnet18", "layer3", frozen_cnn=True)
+    load_cnn_weights(bb, str(tmp_path / "cnn.pth"))
+
+
+def test_cnn_data_is_a_separate_set():
+    from updetr_lite.config import get_config
+
+    cfg = get_config("lite")
+    d = lite_cnn.cnn_data_config(cfg, 3000)
+    assert d.embedded_seed != cfg.data.embedded_seed
+    assert d.embedded_train == 3000 and d.embedded_image_size == cfg.data.embedded_image_size

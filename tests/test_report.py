@@ -1,0 +1,234 @@
+"""The report: logs -> tables and figures, the paper's numbers, missing runs, Figure 5."""
+
+import json
+import statistics
+
+import pytest
+import torch
+
+from updetr_lite import report
+from updetr_lite.main import Plan, Row, Run
+
+# The paper's numbers, typed again from shared/paper/reference-facts.md (AP / AP50 / AP75)
+FACTS = {
+    "table1/DETR/150": (49.9, 74.5, 53.1),
+    "table1/UP-DETR/150": (56.1, 79.7, 60.6),
+    "table1/DETR/300": (54.1, 78.0, 58.3),
+    "table1/UP-DETR/300": (57.2, 80.1, 62.0),
+    "table1/Faster R-CNN": (56.1, 82.6, 62.7),
+    "table3/DETR": (49.9, 74.5, 53.1),
+    "table3/M=1": (53.1, 77.2, 57.4),
+    "table3/M=10": (54.9, 78.7, 59.1),
+}
+FACTS_AP50_T4 = {"DETR": 74.5, "a": 74.0, "b": 78.7, "c": 62.0, "d": 78.7}
+FACTS_COCO_AP = {"DETR/150": 39.7, "UP-DETR/150": 40.5, "DETR/300": 42.1, "UP-DETR/300": 42.8}
+
+
+def test_paper_numbers_are_the_papers():
+    for key, (ap, ap50, ap75) in FACTS.items():
+        assert report.PAPER[key] == {"AP": ap, "AP50": ap50, "AP75": ap75}, key
+    for k, v in FACTS_AP50_T4.items():
+        assert report.PAPER[f"table4/{k}"]["AP50"] == v
+    for k, v in FACTS_COCO_AP.items():
+        assert report.PAPER[f"table2/{k}"]["AP"] == v
+    up300 = report.PAPER["table2/UP-DETR/300"]
+    assert (up300["AP50"], up300["AP75"], up300["APs"], up300["APm"], up300["APl"]) == (
+        63.0,
+        45.3,
+        20.8,
+        47.1,
+        61.7,
+    )
+
+
+def write_run(root, name, aps=(), losses=(), done=True, failed=False):
+    """A run folder as the engine and the driver leave it. aps: (step, AP fraction, AP50
+    fraction); losses: (step, loss)."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text("{}")
+    with open(d / "log.jsonl", "w") as f:
+        for step, loss in losses:
+            f.write(json.dumps({"type": "train", "step": step, "epoch": 0, "loss": loss}) + "\n")
+            f.write(json.dumps({"type": "epoch", "step": step, "epoch": 0, "loss": 99.0}) + "\n")
+        for step, ap, ap50 in aps:
+            rec = {"type": "eval", "step": step, "epoch": 0, "AP": ap, "AP50": ap50, "AP75": ap / 2}
+            f.write(json.dumps(rec) + "\n")
+        f.write('{"type": "train", "st')  # a torn last line
+    if done:
+        (d / "DONE").write_text("{}")
+    if failed:
+        (d / "papermill.log").write_text("Traceback ...")
+        import os
+
+        os.utime(d / "papermill.log", (0, 0))
+    return d
+
+
+def small_plan():
+    runs = {n: Run(n, "finetune") for n in ("a0", "a1", "b0", "b1", "c0")}
+    runs.update({n: Run(n, "pretrain") for n in ("p0", "q0")})
+    t1 = [
+        Row("DETR", ("a0", "a1"), "table1/DETR/150"),
+        Row("UP-DETR", ("b0", "b1"), "table1/UP-DETR/150"),
+        Row("UP-DETR crop", ("c0", "c_missing"), "table1/UP-DETR/150"),
+    ]
+    arts = {
+        "table1": t1,
+        "fig1": t1,
+        "fig3": t1,
+        "table2": [],
+        "table3": [Row("DETR", ("a0", "a1"), "table3/DETR")],
+        "table4": [Row("DETR", ("a0", "a1"), "table4/DETR"), Row("(d)", ("b0",), "table4/d")],
+        "fig4": [Row("DETR", ("a0", "a1"), "table4/DETR")],
+        "fig6": [Row("mask", ("p0",)), Row("no mask", ("q0",))],
+        "fig5": [],
+    }
+    return Plan("lite", "lite", runs, arts, {"scale": "test"}, "step")
+
+
+@pytest.fixture
+def runs_root(tmp_path):
+    root = tmp_path / "out"
+    write_run(root, "a0", [(10, 0.01, 0.05), (20, 0.04, 0.12)])
+    write_run(root, "a1", [(10, 0.02, 0.06), (20, 0.06, 0.16)])
+    write_run(root, "b0", [(10, 0.05, 0.2), (20, 0.10, 0.30)])
+    write_run(root, "b1", [(10, 0.06, 0.2), (20, 0.12, 0.28)])
+    write_run(root, "c0", [(10, 0.03, 0.1)], done=False, failed=True)
+    write_run(root, "p0", losses=[(s, 3.0 - s / 100) for s in range(10, 200, 10)])
+    write_run(root, "q0", losses=[(s, 2.5 - s / 200) for s in range(10, 200, 10)])
+    return root
+
+
+def test_log_reading_and_status(runs_root):
+    assert report.load_run(runs_root, "a0").status == "done"
+    assert report.load_run(runs_root, "c0").status == "failed"
+    assert report.load_run(runs_root, "nope").status == "missing"
+    a0 = report.load_run(runs_root, "a0")
+    assert report.final_metrics(a0)["AP"] == pytest.approx(4.0)  # percent, last evaluation
+    assert report.final_metrics(report.load_run(runs_root, "c0")) is None  # unfinished: no result
+    x, y = report.curve(report.load_run(runs_root, "p0").records, "loss")
+    assert x == list(range(10, 200, 10)) and 99.0 not in y  # epoch means are not curve points
+    x, y = report.curve(a0.records, "AP50")
+    assert x == [10, 20] and y == pytest.approx([5.0, 12.0])
+
+
+def test_normalize_metrics():
+    m = report.normalize_metrics({"type": "eval", "AP": 0.5, "ap50": 0.75, "AP_small": 0.1})
+    assert m == pytest.approx({"AP": 50.0, "AP50": 75.0, "APs": 10.0})
+    m = report.normalize_metrics({"eval": {"AP": 50.0}, "ap_unit": "percent"})
+    assert m == {"AP": 50.0}
+
+
+def test_table_mean_sd_paper_and_differences(runs_root):
+    rows, arms = report.build_table(small_plan(), "table1", runs_root)
+    detr, up, crop = rows
+    # independent: mean and sample sd of the last AP of each seed, in percent
+    m, sd = statistics.fmean([4.0, 6.0]), statistics.stdev([4.0, 6.0])
+    assert detr["AP"] == f"{m:.1f} ± {sd:.1f}"
+    assert detr["AP paper"] == "49.9" and detr["AP diff"] == f"{m - 49.9:+.1f}"
+    up_m = statistics.fmean([10.0, 12.0])
+    assert up["AP gain"] == f"{up_m - m:+.1f}"
+    assert up["AP gain paper"] == f"{56.1 - 49.9:+.1f}"
+    assert up["AP seeds"] == "10.0, 12.0"
+    # c0 failed and c_missing never ran: shown as missing, nothing filled in
+    assert crop["AP"] == "missing" and crop["AP diff"] == "–"
+    assert "c0 (failed)" in crop["runs"] and "c_missing (missing)" in crop["runs"]
+
+
+def test_compare_needs_two_seeds(runs_root):
+    _, arms = report.build_table(small_plan(), "table1", runs_root)
+    text = report.compare(arms[1], arms[0], "AP")
+    assert "higher in all 4 seed pairings" in text
+    one = report.ArmResult("one", arms[0].runs[:1], arms[0].metrics[:1], None)
+    assert "too few to conclude" in report.compare(arms[1], one, "AP")
+    mixed = report.ArmResult("mixed", arms[0].runs, [{"AP": 11.0}, {"AP": 3.0}], None)
+    assert "not a clear difference" in report.compare(arms[1], mixed, "AP")
+
+
+def test_build_report_writes_everything(runs_root, tmp_path):
+    out = tmp_path / "rep"
+    res = report.build_report(small_plan(), runs_root, out)
+    for t in ("table1", "table2", "table3", "table4"):
+        assert (out / f"{t}.md").read_text().startswith("|")
+        assert (out / f"{t}.csv").exists()
+    for f in ("fig1", "fig3", "fig4", "fig6"):
+        assert (out / f"{f}.png").stat().st_size > 1000
+    md = (out / "report.md").read_text()
+    assert "c_missing" in md and "missing" in md
+    assert "not run" in (out / "table2.md").read_text()  # lite: no COCO, paper numbers only
+    assert set(res["missing"]) == {"c0", "c_missing"}
+    assert "Lite CNN probe: missing" in md and "localization: missing" in md
+    # Figure 6 text: early and late loss of each run, from the train records
+    assert "mask [p0]: loss early" in md
+
+
+def test_smooth_is_a_trailing_mean():
+    assert report.smooth([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+
+
+# ----------------------------------------------------------------------------- Figure 5
+
+
+def _iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union
+
+
+def test_sample_patch_boxes_stay_in_range():
+    g = torch.Generator().manual_seed(0)
+    b = report.sample_patch_boxes(g, 50, 70, 200, 8)
+    w, h = b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]
+    assert (w >= 8).all() and (w <= 62).all() and (h >= 8).all() and (h <= 42).all()
+    assert (b[:, :2] >= 0).all() and (b[:, 2] <= 70).all() and (b[:, 3] <= 50).all()
+
+
+def test_localization_study_numbers(tmp_path):
+    from PIL import Image
+
+    from updetr_lite.config import get_config
+    from updetr_lite.models.build import build_updetr
+
+    cfg = get_config("smoke")
+    cfg.model.fast_cnn = False
+    torch.manual_seed(0)
+    model = build_updetr(cfg)
+    run = tmp_path / "pre"
+    run.mkdir()
+    (run / "config.json").write_text(cfg.to_json())
+    torch.save({"model": model.state_dict()}, run / "last.pth")
+    (run / "DONE").write_text("{}")
+    g = torch.Generator().manual_seed(3)
+    images = []
+    for i in range(3):
+        p = tmp_path / f"im{i}.png"
+        pixels = torch.randint(0, 255, (64, 64, 3), dtype=torch.uint8, generator=g)
+        Image.fromarray(pixels.numpy()).save(p)
+        images.append(p)
+    res = report.localization_study(
+        [("m", run), ("gone", tmp_path / "nope")], images, tmp_path / "loc", seed=5
+    )
+    assert res["missing"] == ["nope"] and (tmp_path / "loc" / "fig5.png").exists()
+    (r,) = res["runs"]
+    k = cfg.pretext.num_patches
+    assert r["n"] == 3 * k
+    # recompute: same boxes (same generator use), the model's boxes, IoU by the formula
+    loaded, lcfg = report.load_pretext_model(run)
+    gen = torch.Generator().manual_seed(5)
+    ious, truths = [], []
+    for p in images:
+        img = report.load_image(p, lcfg.data.test_size, lcfg.data.max_size)
+        boxes = report.sample_patch_boxes(gen, 64, 64, 10, lcfg.pretext.min_patch)[:k]
+        pred, _, _ = report.localize_patches(loaded, lcfg, img, boxes)
+        ious += [_iou(a.tolist(), b.tolist()) for a, b in zip(pred, boxes)]
+        truths += boxes.tolist()
+    assert r["mean_iou"] == pytest.approx(statistics.fmean(ious), abs=1e-5)
+    assert r["hit50"] == pytest.approx(sum(i >= 0.5 for i in ious) / len(ious))
+    mw = statistics.fmean(b[2] - b[0] for b in truths)
+    mh = statistics.fmean(b[3] - b[1] for b in truths)
+    fixed = [32 - mw / 2, 32 - mh / 2, 32 + mw / 2, 32 + mh / 2]
+    base = statistics.fmean(_iou(fixed, b) for b in truths)
+    assert res["baseline"]["mean_iou"] == pytest.approx(base, abs=1e-5)
