@@ -6,6 +6,7 @@ same global batch. The two halves hold different numbers of boxes, so a criterio
 normalised by its local box count would fail here.
 """
 
+import json
 import os
 import socket
 
@@ -15,7 +16,8 @@ import torch.multiprocessing as mp
 
 from updetr_lite.config import get_config
 from updetr_lite.engine import distributed as du
-from updetr_lite.engine.train import StepModel, _build, compute_losses
+from updetr_lite.engine.checkpoint import load_checkpoint
+from updetr_lite.engine.train import StepModel, _build, compute_losses, train
 
 GLOBAL_BATCH = 4
 SIZE = 64
@@ -159,3 +161,55 @@ def test_batch_split_errors():
         du.per_process_batch(2, 4)
     with pytest.raises(du.DistributedSetupError, match="does not split evenly"):
         du.per_process_batch(6, 4)
+
+
+TRAIN_OVERRIDES = [
+    "loss.eos_coef=1.0",
+    "finetune.max_steps=3",
+    "finetune.log_every=1",
+    "finetune.deterministic=True",
+]
+
+
+def _train_worker(rank: int, world: int, port: int, out: str, cache: str) -> None:
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+    torch.set_num_threads(1)
+    try:
+        cfg = get_config("smoke", TRAIN_OVERRIDES + [f"data.cache_dir={cache!r}"])
+        train(cfg, "finetune", out, progress=False, last_every_steps=1)
+    finally:
+        du.cleanup()
+
+
+def test_train_with_two_processes_matches_one(tmp_path):
+    cache = str(tmp_path / "cache")
+    mp.spawn(_train_worker, args=(2, _free_port(), str(tmp_path / "two"), cache), nprocs=2)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = get_config("smoke", TRAIN_OVERRIDES + [f"data.cache_dir={cache!r}"])
+        train(cfg, "finetune", tmp_path / "one", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+
+    def records(run):
+        lines = (tmp_path / run / "log.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    one, two = records("one"), records("two")
+    assert [r["type"] for r in one] == [r["type"] for r in two]  # rank 0 alone wrote the log
+    for a, b in zip(one, two):
+        for k in ("loss", "loss_ce", "loss_bbox", "loss_giou", "AP"):
+            if k in a:
+                assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (a["type"], k)
+    w1 = load_checkpoint(tmp_path / "one" / "last.pth")
+    w2 = load_checkpoint(tmp_path / "two" / "last.pth")
+    assert w1["step"] == w2["step"] == 3 and len(w2["rng"]) == 2  # one RNG state per rank
+    for k, v in w1["model"].items():
+        torch.testing.assert_close(w2["model"][k], v, rtol=1e-4, atol=1e-4, msg=k)

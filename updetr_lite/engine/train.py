@@ -472,7 +472,7 @@ def train(
         device = torch.device("cuda", info.local_rank)
     main = info.is_main
     set_deterministic(tc.deterministic)
-    seed_everything(tc.seed + info.rank)
+    seed_everything(tc.seed)  # the same initial weights (and frozen CNN) on every rank
 
     kind, num_classes = (
         ("pretext", 2) if stage == "pretrain" else ("detection", cfg.model.num_classes)
@@ -500,6 +500,8 @@ def train(
     eval_model = _EvalForward(model) if tc.cache_features else model
     optimizer = torch.optim.AdamW(_param_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_drop, gamma=0.1)
+
+    seed_everything(tc.seed + info.rank)  # then each rank its own dropout / shuffles
 
     # state that a checkpoint carries
     epoch, batches_done, step = 0, 0, 0
