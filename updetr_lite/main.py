@@ -485,6 +485,14 @@ def _child_env(threads: int, keep_threads: bool = False) -> dict:
     """Environment of a child process: this checkout importable (also when the kit is not
     pip-installed), unbuffered output, ``threads`` OpenMP threads."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cache = ROOT / ".cache"  # caches stay in the project, as scripts/venv.sh sets them
+    for key, sub in (
+        ("MPLCONFIGDIR", "matplotlib"),
+        ("TORCH_HOME", "torch"),
+        ("IPYTHONDIR", "ipython"),
+        ("JUPYTER_RUNTIME_DIR", "jupyter/runtime"),
+    ):
+        env.setdefault(key, str(cache / sub))
     path = env.get("PYTHONPATH", "")
     if str(ROOT) not in path.split(os.pathsep):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), path) if p)

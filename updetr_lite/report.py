@@ -381,9 +381,13 @@ def build_table(plan, table: str, out_root: str | Path) -> tuple[list[dict], lis
 
 
 def _plt():
+    """pyplot; the Agg backend outside a notebook kernel (inside, figures show inline)."""
+    import sys
+
     import matplotlib
 
-    matplotlib.use("Agg")
+    if "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt

@@ -1,0 +1,204 @@
+"""The reproduction driver end to end at smoke scale: every lite run at toy size, through the
+report; finished runs skipped on rerun, a missing run shown as missing, a failing run
+reported with its log while the others go on."""
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from updetr_lite import main as driver
+from updetr_lite import report
+
+ROOT = Path(__file__).resolve().parents[1]
+RUN = [sys.executable, str(ROOT / "reproduce" / "run.py")]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        RUN + ["--scale", "smoke", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    return out, proc, time.monotonic() - t0
+
+
+def test_notebooks_are_parameterized_and_clean():
+    for name in driver.NOTEBOOKS.values():
+        nb = nbformat.read(ROOT / "reproduce" / name, as_version=4)
+        assert nb.metadata.kernelspec == {
+            "name": "updetr-lite",
+            "display_name": "Python (updetr-lite)",
+            "language": "python",
+        }, name
+        tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+        assert len(tagged) == 1, name
+        for c in nb.cells:
+            if c.cell_type == "code":
+                assert not c.outputs and c.execution_count is None, f"{name} has outputs"
+
+
+def test_smoke_reproduction_end_to_end(smoke):
+    out, proc, seconds = smoke
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    p = driver.plan("smoke")
+    names = p.runs_for(None)
+    assert len(names) >= 25  # every lite run, at toy size
+    for name in names:
+        d = out / name
+        kind = p.runs[name].kind
+        nb = d / f"{kind}.ipynb"
+        assert nb.exists(), name
+        executed = nbformat.read(nb, as_version=4)
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+        if kind in ("pretrain", "finetune"):
+            assert (d / "DONE").exists() and (d / "last.pth").exists(), name
+            cfg = json.loads((d / "config.json").read_text())
+            assert cfg["name"] == "smoke"
+            assert report.read_jsonl(d / "log.jsonl"), name
+    # the fine-tunes evaluate: every Table 1 run has a final AP
+    for row in p.artefacts["table1"]:
+        for n in row.runs:
+            assert report.final_metrics(report.load_run(out, n)) is not None, n
+    probe = json.loads((out / "cnn" / "probe.json").read_text())
+    assert 0 <= probe["trained"] <= 1 and 0 <= probe["random"] <= 1
+    rep = out / "report"
+    for t in ("table1", "table2", "table3", "table4"):
+        assert (rep / f"{t}.md").exists() and (rep / f"{t}.csv").exists()
+    for f in ("fig1", "fig3", "fig4", "fig5", "fig6"):
+        assert (rep / f"{f}.png").stat().st_size > 1000, f
+    md = (rep / "report.md").read_text()
+    assert "k-NN" in md and "mean IoU" in md
+    assert "missing" not in (rep / "table1.md").read_text()
+    print(f"smoke reproduction: {seconds:.0f} s")
+
+
+def test_rerun_skips_finished_runs_and_resumes(smoke):
+    out, proc, _ = smoke
+    assert proc.returncode == 0
+    done = {d.name: (d / "DONE").stat().st_mtime for d in out.iterdir() if (d / "DONE").exists()}
+    # an interrupted run: checkpoint there, DONE not yet written
+    (out / "ft_scratch_s0" / "DONE").unlink()
+    del done["ft_scratch_s0"]
+    r = subprocess.run(
+        RUN + ["--scale", "smoke", "--only", "table1", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for name in ("cnn", "pre_roi_s0", "ft_roi_s1", "ft_crop_s0"):
+        assert f"{name}: finished before, skipped" in r.stdout
+        assert (out / name / "DONE").stat().st_mtime == done[name]
+    params = json.loads((out / "ft_scratch_s0" / "parameters.json").read_text())
+    assert params["resume"] is True and (out / "ft_scratch_s0" / "DONE").exists()
+    assert "--resume" in (out / "ft_scratch_s0" / "train.out").read_text()
+
+
+def test_missing_run_is_shown_missing(smoke, tmp_path):
+    out, proc, _ = smoke
+    assert proc.returncode == 0
+    hidden = tmp_path / "hidden"
+    shutil.move(out / "ft_crop_s1", hidden)
+    try:
+        res = report.build_report(driver.plan("smoke"), out, tmp_path / "rep")
+    finally:
+        shutil.move(hidden, out / "ft_crop_s1")
+    table = (tmp_path / "rep" / "table1.md").read_text()
+    crop = next(line for line in table.splitlines() if "'crop'" in line)
+    assert "ft_crop_s1 (missing)" in crop and "1/2 seeds" in crop
+    assert "ft_crop_s1" in res["missing"]
+    # the one finished seed is shown alone, not averaged with anything filled in
+    ap = report.final_metrics(report.load_run(out, "ft_crop_s0"))["AP"]
+    assert f"| {ap:.1f} |" in crop
+
+
+def test_failed_run_is_reported_and_the_others_go_on(tmp_path):
+    p = driver.plan("smoke")
+    # N=8 queries cannot be split into 3 groups: the trainer stops with a ConfigError
+    p.runs["bad"] = driver.Run("bad", "pretrain", ("pretext.num_patches=3",))
+    p.runs["after_bad"] = driver.Run("after_bad", "finetune", init="bad", needs=("bad",))
+    lines = []
+    res = driver.execute(p, ["bad", "after_bad", "report"], tmp_path, jobs=1, echo=lines.append)
+    assert res["bad"].status == "failed" and res["after_bad"].status == "blocked"
+    assert res["report"].status == "done"  # the others went on
+    log = Path(res["bad"].log)
+    assert log.exists() and str(log) in res["bad"].message
+    assert "num_patches" in log.read_text()
+    assert any(str(log) in line and "FAILED" in line for line in lines)
+    assert not (tmp_path / "bad" / "DONE").exists()
+    assert (tmp_path / "report" / "report.md").exists()
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["bad"]["status"] == "failed"
+
+
+def test_resume_flag_follows_the_checkpoint(tmp_path):
+    p = driver.plan("smoke")
+    launch = driver.Launch(threads=1)
+    params = driver.notebook_parameters(p, "ft_roi_s0", tmp_path, [], launch)
+    assert params["resume"] is False
+    assert params["init"] == str(tmp_path.resolve() / "pre_roi_s0" / "last.pth")
+    (tmp_path / "ft_roi_s0").mkdir()
+    (tmp_path / "ft_roi_s0" / "last.pth").write_bytes(b"")
+    assert driver.notebook_parameters(p, "ft_roi_s0", tmp_path, [], launch)["resume"] is True
+
+
+def test_training_command_cpu_and_torchrun():
+    cpu = driver.training_command("pretrain", "lite", ["a.b=1"], "/o", None, False)
+    assert cpu[1:] == [
+        "-m",
+        "updetr_lite",
+        "pretrain",
+        "--preset",
+        "lite",
+        "--out",
+        "/o",
+        "--set",
+        "a.b=1",
+    ]
+    multi = driver.training_command(
+        "finetune", "paper", [], "/o", "/p/last.pth", True, driver.Launch(8, 2, 1, "host", 1234)
+    )
+    i = multi.index("-m", 3)
+    assert multi[1:3] == ["-m", "torch.distributed.run"]
+    assert set(multi[3:i]) == {
+        "--nproc_per_node=8",
+        "--nnodes=2",
+        "--node_rank=1",
+        "--master_addr=host",
+        "--master_port=1234",
+    }
+    assert multi[i + 1 :] == [
+        "updetr_lite",
+        "finetune",
+        "--preset",
+        "paper",
+        "--out",
+        "/o",
+        "--init",
+        "/p/last.pth",
+        "--resume",
+    ]
+
+
+def test_only_selects_the_runs_an_artefact_needs():
+    p = driver.plan("lite")
+    names = p.runs_for(["fig6"])
+    assert names == ["cnn", "pre_roi_s0", "pre_roi_s1", "pre_nomask_s0", "pre_nomask_s1", "report"]
+    main = p.runs_for(list(driver.MAIN_ARTEFACTS))
+    assert not any("m1" in n or "unfrozen" in n or "norec" in n for n in main)
+    with pytest.raises(driver.ReproduceError, match="table9"):
+        p.runs_for(["table9"])
