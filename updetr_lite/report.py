@@ -589,13 +589,24 @@ def build_report(plan, out_root: str | Path, report_dir: str | Path | None = Non
 
 
 def _compact_markdown(rows: list[dict], metrics: tuple[str, ...]) -> str:
-    """The Markdown table of report.md: per metric reproduced, paper, difference and gains."""
-    cols = ["arm"]
-    for k in metrics:
-        cols += [k, f"{k} paper", f"{k} diff", f"{k} gain", f"{k} gain paper"]
-    cols.append("runs")
-    cols = [c for c in cols if any(c in r for r in rows)]
-    return to_markdown(rows, cols)
+    """The Markdown table of report.md (the table*.md / .csv files have every column): for
+    AP and AP50, reproduced, paper, reproduced - paper, and the gain over the first row
+    reproduced (paper's gain in brackets)."""
+    shown = [k for k in ("AP", "AP50") if k in metrics]
+    out = []
+    for r in rows:
+        row = {"arm": r["arm"]}
+        for k in shown:
+            row[k] = r.get(k, "–")
+            row[f"{k} paper"] = r.get(f"{k} paper", "–")
+            row[f"{k} diff"] = r.get(f"{k} diff", "–")
+            if f"{k} gain" in r:
+                row[f"{k} gain (paper)"] = f"{r[f'{k} gain']} ({r[f'{k} gain paper']})"
+            else:
+                row[f"{k} gain (paper)"] = "baseline" if r is rows[0] else "–"
+        row["runs"] = r["runs"]
+        out.append(row)
+    return to_markdown(out)
 
 
 def fig6_text(plan, out_root: str | Path) -> str:
