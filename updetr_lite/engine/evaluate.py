@@ -58,7 +58,7 @@ def coco_metrics(coco_gt, results: list[dict], img_ids: list[int]) -> dict[str, 
 
 
 @torch.no_grad()
-def evaluate(model, loader, coco_gt, device: torch.device | str = "cpu") -> dict[str, float]:
+def evaluate(model, loader, coco_gt, device: torch.device | str | None = None) -> dict[str, float]:
     """AP metrics of ``model`` on ``loader``'s images against ``coco_gt`` (pycocotools COCO).
 
     ``loader`` yields (inputs, mask, targets) as collate_detection does; ``model(inputs,
@@ -67,6 +67,8 @@ def evaluate(model, loader, coco_gt, device: torch.device | str = "cpu") -> dict
     processes each rank evaluates its shard, the detections are gathered and rank 0 runs
     COCOeval; every rank returns the same numbers.
     """
+    if device is None:  # where the model is
+        device = next(iter(model.parameters()), torch.empty(0)).device
     device = torch.device(device)
     was_training = model.training
     model.eval()

@@ -89,7 +89,9 @@ def data_identity(data_cfg) -> dict:
 
 
 @torch.no_grad()
-def compute_maps(extractor: FeatureExtractor, loader, desc: str = "features"):
+def compute_maps(
+    extractor: FeatureExtractor, loader, desc: str = "features", progress: bool = True
+):
     """Every image's map [C, h, w], cropped to its unpadded extent, in loader order, and the
     third element of each batch (targets, sizes, ...) flattened alongside.
 
@@ -98,7 +100,9 @@ def compute_maps(extractor: FeatureExtractor, loader, desc: str = "features"):
     from tqdm.auto import tqdm
 
     maps, extras = [], []
-    for batch in tqdm(loader, desc=desc, disable=not du.is_main_process(), leave=False):
+    for batch in tqdm(
+        loader, desc=desc, disable=not (progress and du.is_main_process()), leave=False
+    ):
         feats, fmask = extractor.images(batch[0], batch[1])
         extras.extend(batch[2])
         for f, m in zip(feats, fmask):

@@ -27,6 +27,7 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -225,8 +226,20 @@ def _eval_view(dataset, cfg: Config):
     raise TrainingError("cache_features: the detection dataset exposes no transforms to replace")
 
 
-def build_data(cfg, stage, tc, dist_info, model, device, trainable_cnn):
-    """Train Batches (+ sampler and seeded dataset), val loader and COCO gt (finetune)."""
+@dataclass
+class TrainData:
+    batches: Batches  # the training batches (dicts)
+    sampler: du.ResumableSampler
+    seeded: SeededDataset
+    source: Dataset  # the dataset as built by the data package (pretext: has skip_report)
+    val_loader: DataLoader | None = None
+    coco_gt: object = None
+
+
+def build_data(
+    cfg, stage, tc, dist_info, model, device, trainable_cnn, progress: bool = True
+) -> TrainData:
+    """Training batches, their sampler, and (finetune) the val loader and its COCO gt."""
     data_build, collate_detection, collate_pretext = _data_modules()
     world, rank = dist_info.world_size, dist_info.rank
     per_rank = du.per_process_batch(tc.batch_size, world, f"{stage}.batch_size")
@@ -240,20 +253,27 @@ def build_data(cfg, stage, tc, dist_info, model, device, trainable_cnn):
         train_set, val_set = data_build.build_detection_datasets(cfg)
         collate = collate_detection
         coco_gt = val_set.coco
+    source = train_set
     if tc.cache_features:
         ft.check_cacheable(trainable_cnn, stage)
         extractor = ft.FeatureExtractor(model.backbone, device)
         ident = (extractor.weights_hash, cfg.model.backbone, cfg.model.backbone_layer)
         ident += (ft.data_identity(cfg.data),)
         if stage == "finetune":
-            train_set, train_maps = _cached_detection(cfg, extractor, train_set, ident, "train")
-            val_set, _ = _cached_detection(cfg, extractor, val_set, ident, "val", eval_view=False)
+            train_set, train_maps = _cached_detection(
+                cfg, extractor, train_set, ident, "train", progress
+            )
+            val_set, _ = _cached_detection(
+                cfg, extractor, val_set, ident, "val", progress, eval_view=False
+            )
             collate = ft.collate_cached_detection
         else:
-            train_set = _cached_pretext(cfg, extractor, train_set, ident)
+            train_set = _cached_pretext(cfg, extractor, train_set, ident, progress)
             collate = ft.collate_cached_pretext
             if cfg.pretext.patch_feature == "roi":
                 extractor = None  # no CNN per step
+        if extractor is None or stage == "finetune":
+            workers = 0  # the maps are in memory: workers would only copy them
     seeded = SeededDataset(train_set, tc.seed)
     sampler = du.ResumableSampler(seeded, world, rank, shuffle=True, seed=tc.seed)
     loader = DataLoader(
@@ -275,17 +295,18 @@ def build_data(cfg, stage, tc, dist_info, model, device, trainable_cnn):
             collate_fn=collate,
             num_workers=workers,
         )
-    return Batches(loader, stage == "pretrain", extractor), sampler, seeded, val_loader, coco_gt
+    batches = Batches(loader, stage == "pretrain", extractor)
+    return TrainData(batches, sampler, seeded, source, val_loader, coco_gt)
 
 
-def _cached_detection(cfg, extractor, dataset, ident, split, eval_view=True):
+def _cached_detection(cfg, extractor, dataset, ident, split, progress, eval_view=True):
     _, collate_detection, _ = _data_modules()
     view = _eval_view(dataset, cfg) if eval_view else dataset
     path = ft.cache_path(cfg.data.cache_dir, ft.cache_key("detection", split, len(view), ident))
 
     def compute():
         loader = ft.feature_loader(view, collate_detection, 16, cfg.data.num_workers)
-        maps, targets = ft.compute_maps(extractor, loader, desc=f"CNN features ({split})")
+        maps, targets = ft.compute_maps(extractor, loader, f"CNN features ({split})", progress)
         return {"maps": maps, "targets": targets}
 
     data = ft.cached(path, compute)
@@ -319,13 +340,13 @@ def _collate_images(batch):
     return images, mask, [b[1] for b in batch]
 
 
-def _cached_pretext(cfg, extractor, dataset, ident):
+def _cached_pretext(cfg, extractor, dataset, ident, progress):
     view = _PretextImages(dataset, cfg.pretrain.seed)
     path = ft.cache_path(cfg.data.cache_dir, ft.cache_key("pretext", len(view), ident))
 
     def compute():
         loader = ft.feature_loader(view, _collate_images, 16, cfg.data.num_workers)
-        maps, sizes = ft.compute_maps(extractor, loader, desc="CNN features (pretext)")
+        maps, sizes = ft.compute_maps(extractor, loader, "CNN features (pretext)", progress)
         return {"maps": maps, "sizes": sizes}
 
     data = ft.cached(path, compute)
@@ -493,9 +514,9 @@ def train(
     model.to(device)
     criterion.to(device)
 
-    batches, sampler, seeded, val_loader, coco_gt = build_data(
-        cfg, stage, tc, info, model, device, trainable_cnn
-    )
+    data = build_data(cfg, stage, tc, info, model, device, trainable_cnn, progress)
+    batches, sampler, seeded = data.batches, data.sampler, data.seeded
+    val_loader, coco_gt = data.val_loader, data.coco_gt
     step_model = du.wrap_ddp(StepModel(model, stage == "pretrain", tc.cache_features), device)
     eval_model = _EvalForward(model) if tc.cache_features else model
     optimizer = torch.optim.AdamW(_param_groups(model, tc), lr=tc.lr, weight_decay=tc.weight_decay)
@@ -605,7 +626,10 @@ def train(
                     | {k: v / window_count for k, v in window.items()}
                     | {
                         "lr": optimizer.param_groups[0]["lr"],
-                        "lr_backbone": optimizer.param_groups[-1]["lr"] if trainable_cnn else 0.0,
+                        "lr_backbone": next(
+                            (g["lr"] for g in optimizer.param_groups if g["name"] == "backbone"),
+                            0.0,
+                        ),
                         "images_per_s": images_window / max(now - t_window, 1e-9),
                     }
                 )
@@ -625,11 +649,13 @@ def train(
         # every rank's sampler has the same length, so ranks agree on this
         epoch_finished = batches_done >= batches_per_epoch
         sampler.start = 0
-        skip = getattr(seeded.dataset, "skip_report", None)
+        skip = getattr(data.source, "skip_report", None)
         if skip is not None and epoch_finished:
-            report = skip()
-            if report and main:
-                log.write({"type": "skips", "step": step, "epoch": epoch, "report": report})
+            report = skip()  # counted, logged skips (images too small for query patches)
+            if report:
+                log.write(
+                    {"type": "skips", "step": step, "epoch": epoch, "report": _jsonable(report)}
+                )
         record = _epoch_record(epoch, step, epoch_sums, epoch_count)
         if stage == "pretrain":
             log.write(record)
@@ -672,6 +698,14 @@ def train(
         "images_per_s": images_seen / max(wall, 1e-9),
     }
     return summary
+
+
+def _jsonable(x):
+    try:
+        json.dumps(x)
+        return x
+    except TypeError:
+        return str(x)
 
 
 def _check_finite(values: dict[str, float], step: int, epoch: int, out: Path) -> None:
