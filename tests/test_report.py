@@ -232,3 +232,14 @@ def test_localization_study_numbers(tmp_path):
     fixed = [32 - mw / 2, 32 - mh / 2, 32 + mw / 2, 32 + mh / 2]
     base = statistics.fmean(_iou(fixed, b) for b in truths)
     assert res["baseline"]["mean_iou"] == pytest.approx(base, abs=1e-5)
+
+
+def test_fig6_verdict_follows_the_curves(runs_root):
+    p = small_plan()
+    text = report.fig6_verdict(p, runs_root)
+    # p0 (mask): 3.0 - s/100, q0 (no mask): 2.5 - s/200 -> no mask lower early, mask lower late
+    assert "lower early in 1 of 1" in text and "lower late in 1 of 1" in text
+    assert "too few to conclude" in text
+    p.artefacts["fig6"] = [Row("mask", ("q0",)), Row("no mask", ("p0",))]
+    text = report.fig6_verdict(p, runs_root)
+    assert "lower early in 0 of 1" in text and "lower late in 0 of 1" in text

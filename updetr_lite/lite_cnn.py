@@ -148,7 +148,14 @@ def train_cnn(
     y_all = torch.stack(labels)
     model = DenseCNN(name, layer, num_classes).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=max(steps, 1), pct_start=0.1)
+    warm = max(1, steps // 20)  # linear warm-up over 5 %, then cosine to zero
+
+    def factor(i: int) -> float:
+        if i < warm:
+            return (i + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warm) / max(1, steps - warm))))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
     t0 = time.monotonic()
     model.train()
     stats = {"loss": math.nan, "cell_acc": math.nan, "object_acc": math.nan}

@@ -542,6 +542,7 @@ def build_report(plan, out_root: str | Path, report_dir: str | Path | None = Non
         f"# UP-DETR reproduction report ({plan.scale} scale)\n",
         plan.notes.get("scale", "") + "\n",
     ]
+    md.append("\n" + summary_section(plan, out_root))
     if plan.scale != "paper":
         md.append("\n## The frozen CNN\n\n" + cnn_probe_text(out_root))
     result = {"tables": {}, "figures": {}, "missing": []}
@@ -575,7 +576,7 @@ def build_report(plan, out_root: str | Path, report_dir: str | Path | None = Non
         if missing:
             md.append(f"\nMissing runs: {', '.join(missing)}.\n")
         if fig == "fig6":
-            md.append("\n" + fig6_text(plan, out_root) + "\n")
+            md.append("\n" + fig6_text(plan, out_root) + "\n\n" + fig6_verdict(plan, out_root))
     loc_png = out_root / "localize" / "fig5.png"
     md.append("\n## Figure 5: unsupervised localization of query patches\n\n")
     if loc_png.exists():
@@ -607,6 +608,61 @@ def _compact_markdown(rows: list[dict], metrics: tuple[str, ...]) -> str:
         row["runs"] = r["runs"]
         out.append(row)
     return to_markdown(out)
+
+
+def fig6_verdict(plan, out_root: str | Path) -> str:
+    """The paper's Figure 6 claim checked seed by seed: without the attention mask the pretext
+    loss is lower early (first 20 % of the logged steps), with it lower late (last 20 %)."""
+    rows = plan.artefacts.get("fig6", [])
+    if len(rows) != 2:
+        return "Figure 6: not planned at this scale."
+    early, late, n = 0, 0, 0
+    for with_mask, without in zip(rows[0].runs, rows[1].runs):
+        y1 = curve(load_run(out_root, with_mask).records, "loss", plan.x_key)[1]
+        y0 = curve(load_run(out_root, without).records, "loss", plan.x_key)[1]
+        m = min(len(y1), len(y0))
+        if m < 5:
+            continue
+        k = max(1, m // 5)
+        n += 1
+        early += statistics.fmean(y0[:k]) < statistics.fmean(y1[:k])
+        late += statistics.fmean(y1[m - k : m]) < statistics.fmean(y0[m - k : m])
+    if n == 0:
+        return "Figure 6: no pair of finished pre-trainings yet."
+    text = (
+        f"Figure 6 (paper: without the mask lower early, with it lower late): without the mask "
+        f"lower early in {early} of {n} seed(s); with the mask lower late in {late} of {n}"
+    )
+    return text + ("; one seed: too few to conclude." if n < 2 else ".")
+
+
+def summary_section(plan, out_root: str | Path) -> str:
+    """What the runs say about the paper's claims, each with its seed count."""
+    lines = ["## Summary\n"]
+    t1 = arm_results(plan, "table1", out_root)
+    if len(t1) >= 2:
+        for arm in t1[1:]:
+            for key in ("AP", "AP50"):
+                lines.append(f"- C1 ({key}): {compare(arm, t1[0], key)}")
+    t3 = arm_results(plan, "table3", out_root)
+    if len(t3) == 3:
+        lines.append(f"- C2 (AP): {compare(t3[2], t3[1], 'AP')}")
+    t4 = arm_results(plan, "table4", out_root)
+    if len(t4) == 5:
+        for arm in t4[1:]:
+            lines.append(f"- C3 (AP50): {compare(arm, t4[0], 'AP50')}")
+    lines.append(f"- C4: {fig6_verdict(plan, out_root)}")
+    loc = Path(out_root) / "localize" / "localization.json"
+    if loc.exists():
+        d = json.loads(loc.read_text())
+        parts = [f"{r['label']} [{r['run']}] {r['mean_iou']:.3f}" for r in d["runs"]]
+        lines.append(
+            f"- C5: mean IoU of the predicted box with the query patch's own box: "
+            f"{'; '.join(parts) or 'no model'}; a fixed box scores {d['baseline']['mean_iou']:.3f}."
+        )
+    else:
+        lines.append("- C5: localization missing.")
+    return "\n".join(lines) + "\n"
 
 
 def fig6_text(plan, out_root: str | Path) -> str:
