@@ -243,3 +243,14 @@ def test_fig6_verdict_follows_the_curves(runs_root):
     p.artefacts["fig6"] = [Row("mask", ("q0",)), Row("no mask", ("p0",))]
     text = report.fig6_verdict(p, runs_root)
     assert "lower early in 0 of 1" in text and "lower late in 0 of 1" in text
+
+
+def test_export_results_copies_small_files(runs_root, tmp_path):
+    report.build_report(small_plan(), runs_root, runs_root / "report")
+    (runs_root / "a0" / "DONE").write_text(json.dumps({"seconds": 12.3}))
+    files = report.export_results(runs_root, tmp_path / "results")
+    names = {f.name for f in files}
+    assert {"report.md", "table1.csv", "fig1.png", "runs.md"} <= names
+    assert not any(n.endswith(".pth") for n in names)
+    runs = (tmp_path / "results" / "runs.md").read_text()
+    assert "| a0 | done | – | 12 |" in runs and "| c0 | failed |" in runs

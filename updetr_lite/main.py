@@ -664,8 +664,8 @@ def execute(
     out.mkdir(parents=True, exist_ok=True)
     launch = launch or Launch()
     jobs = jobs or default_jobs(launch.gpus)
-    if launch.threads <= 0:
-        launch.threads = max(1, (os.cpu_count() or 1) // jobs)
+    if launch.threads <= 0:  # the cores shared among the jobs and their processes
+        launch.threads = max(1, (os.cpu_count() or 1) // (jobs * max(1, launch.gpus)))
     results: dict[str, Result] = {}
     pending = [n for n in names if n != "report"]
     lock = threading.Lock()

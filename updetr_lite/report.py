@@ -937,3 +937,30 @@ def _draw_fig5(label, examples, path):
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def export_results(out_root: str | Path, dest: str | Path) -> list[Path]:
+    """Copy the report's small files (Markdown, CSV, PNG) to ``dest`` and write
+    ``runs.md``: every run folder's status and wall time (from its DONE marker)."""
+    out_root, dest = Path(out_root), Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for f in sorted((out_root / "report").glob("*")):
+        if f.suffix in (".md", ".csv", ".png"):
+            shutil.copy(f, dest / f.name)
+            copied.append(dest / f.name)
+    rows = []
+    for d in sorted(p for p in out_root.iterdir() if p.is_dir()):
+        run = load_run(out_root, d.name)
+        seconds = "–"
+        if (d / "DONE").exists():
+            try:
+                seconds = f"{json.loads((d / 'DONE').read_text())['seconds']:.0f}"
+            except (ValueError, KeyError):
+                pass
+        train = [r for r in run.records if r.get("type") == "train"]
+        steps = train[-1].get("step", "–") if train else "–"
+        rows.append({"run": d.name, "status": run.status, "steps": steps, "seconds": seconds})
+    (dest / "runs.md").write_text(to_markdown(rows))
+    copied.append(dest / "runs.md")
+    return copied
