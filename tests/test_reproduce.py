@@ -202,3 +202,13 @@ def test_only_selects_the_runs_an_artefact_needs():
     assert not any("m1" in n or "unfrozen" in n or "norec" in n for n in main)
     with pytest.raises(driver.ReproduceError, match="table9"):
         p.runs_for(["table9"])
+
+
+def test_stream_copies_output_and_names_the_log_on_failure(tmp_path):
+    shown = []
+    code = "import sys\nprint('hello')\nfor i in range(50): print(f'{i}%|###', flush=True)\nsys.exit(3)"
+    with pytest.raises(RuntimeError, match=str(tmp_path / "train.out")):
+        driver.stream([sys.executable, "-c", code], tmp_path / "train.out", echo=shown.append)
+    text = (tmp_path / "train.out").read_text()
+    assert "hello" in text and "49%|###" in text  # the log keeps everything
+    assert shown[0] == "hello" and shown[-1] == "49%|###" and len(shown) < 10  # bars thinned

@@ -518,19 +518,21 @@ def stream(cmd: list[str], log_path: str | Path, threads: int = 1, echo=print) -
         proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
         )
-        last = 0.0
-        for line in proc.stdout:
+        last, held = 0.0, None
+        for line in proc.stdout:  # text mode: tqdm's carriage returns arrive as lines
             log.write(line)
-            # tqdm redraws: echo at most twice a second so notebooks stay small
-            now = time.monotonic()
-            if "\r" not in line or now - last > 0.5:
-                echo(line.rstrip().split("\r")[-1])
-                last = now
+            line = line.rstrip()
+            if "%|" in line:  # a progress bar redraw: echo one every 10 s
+                held = line
+                if time.monotonic() - last < 10:
+                    continue
+                last, held = time.monotonic(), None
+            echo(line)
+        if held:
+            echo(held)
         rc = proc.wait()
     if rc:
-        raise RuntimeError(
-            f"{cmd[3] if len(cmd) > 3 else cmd[0]} failed (exit {rc}): see {log_path}"
-        )
+        raise RuntimeError(f"training process failed (exit {rc}): see {log_path}")
 
 
 @dataclass
