@@ -1,0 +1,1 @@
+"""Data: pretext images with random query patches, detection sets (embedded, COCO, VOC)."""

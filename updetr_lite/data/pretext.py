@@ -1,0 +1,249 @@
+"""Pretext data: random query patch detection on unlabeled images (UP-DETR, Sec. 3.1).
+
+For each image, M = ``cfg.pretext.num_patches`` query patches are cut from the
+full-resolution image. Following the authors' sampling, a patch's width and height are drawn
+independently and uniformly in ``[min_patch, side - min_patch]`` pixels, then its top-left
+corner uniformly, so any aspect ratio occurs. Each patch is resized to ``patch_size`` squared
+and augmented SimCLR-style *without* flip (the paper: a flip "may make the pretext too
+difficult"). The image itself gets a random resize (shortest side from
+``data.pretext_scales``, longest at most ``data.pretext_max_size``) and no flip, so the
+normalised patch boxes stay valid.
+
+Returned per image: ``image`` [3, H, W] ImageNet-normalised; ``target`` with ``boxes``
+[M, 4] normalised cxcywh (the patches' boxes), ``labels`` [M] all ones, ``image_id``,
+``orig_size`` (h, w) of the file and ``size`` (h, w) after the resize; ``patches``
+[M, 3, p, p] normalised.
+
+Bad input: a folder without images is one ``NoImagesError``. Images with a side of 16 px or
+less are skipped (counted as ``too_small``), unreadable or truncated files are skipped with a
+warning naming the file (counted as ``unreadable``): ``__getitem__`` returns the next good
+image instead. ``report_skips()`` (alias ``skip_report``, which the engine calls at the end
+of an epoch) logs and returns the counts and resets them. Counters live in shared memory, so
+skips in DataLoader workers are counted too. PIL is told not to load truncated files.
+
+All randomness comes from torch's global RNG unless a generator is passed, so the engine's
+per-item seeding makes every draw reproducible.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import warnings
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageFile
+from torch.utils.data import Dataset
+from torchvision.ops import box_convert
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error here, never grey pixels
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+MIN_SIDE = 16  # images with a side <= this many pixels are skipped (authors' rule)
+SKIP_KINDS = ("too_small", "unreadable")
+
+
+class NoImagesError(FileNotFoundError):
+    """A pretext root that holds no image file (or does not exist)."""
+
+
+class UnreadableImageError(OSError):
+    """An image file that PIL cannot decode (corrupt, truncated, not an image)."""
+
+
+def list_images(root) -> list[Path]:
+    """Image files under ``root`` (recursive, sorted) or the given list of files."""
+    if isinstance(root, (list, tuple)):
+        files = [Path(f) for f in root]
+        if not files:
+            raise NoImagesError("pretext data: the list of image files is empty")
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise NoImagesError(f"pretext data: image file not found: {missing[0]}")
+        return files
+    root = Path(root)
+    if not root.is_dir():
+        raise NoImagesError(f"pretext data: folder not found: {root}")
+    files = sorted(
+        p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+    )
+    if not files:
+        raise NoImagesError(
+            f"pretext data: no images ({', '.join(IMAGE_EXTENSIONS)}) under folder {root}"
+        )
+    return files
+
+
+def load_rgb(path) -> Image.Image:
+    """The file as an RGB PIL image, fully decoded; ``UnreadableImageError`` names the file."""
+    try:
+        with Image.open(path) as im:
+            im.load()  # decode now: truncation and corruption raise here, not later
+            return im.convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise UnreadableImageError(f"cannot read image {path}: {e}") from e
+
+
+def sample_patch_boxes(
+    h: int, w: int, num: int, min_patch: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``num`` query patch boxes [num, 4] xyxy in pixels of an (h, w) image.
+
+    Width and height independently uniform (integers) in [min_patch, side - min_patch], then
+    a uniform top-left corner. For sides below 2 * min_patch the size is min(min_patch, side).
+    """
+
+    def draw(side: int) -> tuple[torch.Tensor, torch.Tensor]:
+        lo = min(min_patch, side)
+        hi = max(side - min_patch, lo)
+        size = torch.randint(lo, hi + 1, (num,), generator=generator)
+        # uniform corner in [0, side - size]: floor of a uniform real, per patch
+        start = (torch.rand(num, generator=generator) * (side - size + 1)).floor()
+        start = torch.minimum(start, (side - size).to(start.dtype))
+        return start, size.to(start.dtype)
+
+    bw_x0, bw = draw(w)
+    y0, bh = draw(h)
+    return torch.stack((bw_x0, y0, bw_x0 + bw, y0 + bh), dim=-1)
+
+
+def patch_augmentation(patch_size: int) -> v2.Compose:
+    """SimCLR-style colour augmentation of a [3, p, p] uint8 patch, without flip.
+
+    GaussianBlur's kernel is 2 * ceil(3 * 2.0) + 1 = 13 px, wide enough for the largest sigma
+    (2.0); torchvision needs a kernel size where the authors' PIL blur took only a radius.
+    """
+    return v2.Compose(
+        [
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=13, sigma=(0.1, 2.0))], p=0.5),
+        ]
+    )
+
+
+def normalize(image_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [..., 3, H, W] -> float ImageNet-normalised."""
+    x = TF.to_dtype(image_uint8, torch.float32, scale=True)
+    return TF.normalize(x, IMAGENET_MEAN, IMAGENET_STD)
+
+
+class PretextDataset(Dataset):
+    """Unlabeled images -> (image [3,H,W], target, patches [M,3,p,p]); see the module doc.
+
+    ``root``: a folder (searched recursively; ImageNet's layout or flat) or a list of files.
+    ``augment_patches``: False turns the patch colour/blur augmentation off (demo, tests).
+    """
+
+    def __init__(self, root, cfg, augment_patches: bool = True):
+        self.root = root
+        self.files = list_images(root)
+        self.num_patches = cfg.pretext.num_patches
+        self.patch_size = cfg.pretext.patch_size
+        self.min_patch = cfg.pretext.min_patch
+        self.augment_patches = augment_patches
+        self.resize = v2.RandomShortestSize(
+            min_size=list(cfg.data.pretext_scales), max_size=cfg.data.pretext_max_size
+        )
+        self.patch_aug = patch_augmentation(self.patch_size)
+        # shared memory: workers' skips reach the main process's report
+        self._counts = multiprocessing.Array("q", len(SKIP_KINDS))
+        self._warned: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Skips counted since the last report: {'too_small': n, 'unreadable': n}."""
+        return dict(zip(SKIP_KINDS, self._counts[:]))
+
+    def _count(self, kind: str) -> None:
+        with self._counts.get_lock():
+            self._counts[SKIP_KINDS.index(kind)] += 1
+
+    def report_skips(self) -> dict[str, int]:
+        """Log and return the skip counts since the last call (e.g. one epoch), then reset."""
+        with self._counts.get_lock():
+            counts = dict(zip(SKIP_KINDS, self._counts[:]))
+            for k in range(len(SKIP_KINDS)):
+                self._counts[k] = 0
+        if any(counts.values()):
+            log.warning(
+                "pretext data %s: skipped %d images with a side <= %d px and %d unreadable files",
+                self.root if not isinstance(self.root, (list, tuple)) else "(file list)",
+                counts["too_small"],
+                MIN_SIDE,
+                counts["unreadable"],
+            )
+            return counts
+        return {}
+
+    skip_report = report_skips
+
+    def sample_boxes(self, h: int, w: int, generator: torch.Generator | None = None):
+        """Query patch boxes [M, 4] normalised cxcywh for a full-resolution (h, w) image."""
+        xyxy = sample_patch_boxes(h, w, self.num_patches, self.min_patch, generator)
+        return box_convert(xyxy / torch.tensor([w, h, w, h]), "xyxy", "cxcywh")
+
+    def _load(self, i: int) -> torch.Tensor | None:
+        path = self.files[i]
+        try:
+            img = TF.pil_to_tensor(load_rgb(path))
+        except UnreadableImageError as e:
+            if str(path) not in self._warned:
+                self._warned.add(str(path))
+                warnings.warn(f"skipping unreadable image: {e}", stacklevel=3)
+            self._count("unreadable")
+            return None
+        if min(img.shape[-2:]) <= MIN_SIDE:
+            self._count("too_small")
+            return None
+        return img
+
+    def __getitem__(self, index: int):
+        for k in range(len(self.files)):
+            i = (index + k) % len(self.files)
+            img = self._load(i)
+            if img is not None:
+                return self.make_sample(img, i)
+        raise NoImagesError(f"pretext data: no readable image of a usable size in {self.root}")
+
+    def make_sample(self, img: torch.Tensor, image_id: int = 0, generator=None):
+        """uint8 [3, h, w] full-resolution image -> (image, target, patches)."""
+        h, w = img.shape[-2:]
+        xyxy = sample_patch_boxes(h, w, self.num_patches, self.min_patch, generator)
+        p = self.patch_size
+        patches = []
+        for x0, y0, x1, y1 in xyxy.long().tolist():
+            patch = TF.resize(img[:, y0:y1, x0:x1], [p, p], antialias=True)
+            if self.augment_patches:
+                patch = self.patch_aug(patch)
+            patches.append(patch)
+        patches = normalize(torch.stack(patches))
+        image = normalize(self.resize(img))
+        boxes = box_convert(xyxy / torch.tensor([w, h, w, h]), "xyxy", "cxcywh")
+        target = {
+            "boxes": boxes,
+            "labels": torch.ones(self.num_patches, dtype=torch.int64),
+            "image_id": torch.tensor(image_id, dtype=torch.int64),
+            "orig_size": torch.tensor([h, w]),
+            "size": torch.tensor(image.shape[-2:]),
+        }
+        return image, target, patches
+
+
+def collate_pretext(batch):
+    """[(image, target, patches)] -> (images [B,3,H,W], mask [B,H,W] True=pad, targets,
+    patches [B,M,3,p,p])."""
+    from .collate import pad_images
+
+    images, mask = pad_images([b[0] for b in batch])
+    return images, mask, [b[1] for b in batch], torch.stack([b[2] for b in batch])
