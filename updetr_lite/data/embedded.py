@@ -237,7 +237,8 @@ def _clutter(rng, img: Image.Image, s: int) -> None:
 
 
 def draw_image(seed: int, split: str, index: int, s: int, labelled: bool = True):
-    """One image: (PIL RGB image, list of (category_id, [x, y, w, h], visible area))."""
+    """One image: (PIL RGB image, list of (category_id, [x, y, w, h] of the visible pixels,
+    visible area, full area before occlusion))."""
     rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
     img = Image.fromarray(_background(rng, s).clip(0, 255).astype(np.uint8))
     _clutter(rng, img, s)
@@ -268,10 +269,10 @@ def draw_image(seed: int, split: str, index: int, s: int, labelled: bool = True)
         visible.append(m.copy())
         classes.append(cls)
     objects = []
-    for cls, v in zip(classes, visible):
+    for cls, v, f in zip(classes, visible, full):
         ys, xs = np.nonzero(v)
         x0, y0, x1, y1 = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-        objects.append((cls + 1, [x0, y0, x1 - x0, y1 - y0], int(v.sum())))
+        objects.append((cls + 1, [x0, y0, x1 - x0, y1 - y0], int(v.sum()), int(f.sum())))
     return img, objects
 
 
@@ -294,7 +295,7 @@ def _coco_json(objects_per_image: list, s: int) -> dict:
     images, annotations = [], []
     for i, objects in enumerate(objects_per_image):
         images.append({"id": i + 1, "file_name": f"{i:06d}.png", "height": s, "width": s})
-        for cat, box, area in objects:
+        for cat, box, area, _full in objects:
             annotations.append(
                 {
                     "id": len(annotations) + 1,

@@ -27,6 +27,7 @@ per-item seeding makes every draw reproducible.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import warnings
@@ -83,6 +84,7 @@ def list_images(root) -> list[Path]:
 
 def load_rgb(path) -> Image.Image:
     """The file as an RGB PIL image, fully decoded; ``UnreadableImageError`` names the file."""
+    ImageFile.LOAD_TRUNCATED_IMAGES = False  # in case something switched it on since import
     try:
         with Image.open(path) as im:
             im.load()  # decode now: truncation and corruption raise here, not later
@@ -153,8 +155,9 @@ class PretextDataset(Dataset):
             min_size=list(cfg.data.pretext_scales), max_size=cfg.data.pretext_max_size
         )
         self.patch_aug = patch_augmentation(self.patch_size)
-        # shared memory: workers' skips reach the main process's report
-        self._counts = multiprocessing.Array("q", len(SKIP_KINDS))
+        # one flag per file in shared memory (0 ok, 1 too small, 2 unreadable): skips seen by
+        # DataLoader workers reach the main process's report, each file counted once
+        self._flags = multiprocessing.RawArray(ctypes.c_byte, len(self.files))
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
@@ -162,29 +165,33 @@ class PretextDataset(Dataset):
 
     @property
     def skipped(self) -> dict[str, int]:
-        """Skips counted since the last report: {'too_small': n, 'unreadable': n}."""
-        return dict(zip(SKIP_KINDS, self._counts[:]))
+        """Files skipped since the last report: {'too_small': n, 'unreadable': n}."""
+        flags = bytes(self._flags)
+        return {k: flags.count(j + 1) for j, k in enumerate(SKIP_KINDS)}
 
-    def _count(self, kind: str) -> None:
-        with self._counts.get_lock():
-            self._counts[SKIP_KINDS.index(kind)] += 1
+    def _count(self, i: int, kind: str) -> None:
+        self._flags[i] = SKIP_KINDS.index(kind) + 1
 
-    def report_skips(self) -> dict[str, int]:
-        """Log and return the skip counts since the last call (e.g. one epoch), then reset."""
-        with self._counts.get_lock():
-            counts = dict(zip(SKIP_KINDS, self._counts[:]))
-            for k in range(len(SKIP_KINDS)):
-                self._counts[k] = 0
-        if any(counts.values()):
-            log.warning(
-                "pretext data %s: skipped %d images with a side <= %d px and %d unreadable files",
-                self.root if not isinstance(self.root, (list, tuple)) else "(file list)",
-                counts["too_small"],
-                MIN_SIDE,
-                counts["unreadable"],
-            )
-            return counts
-        return {}
+    def report_skips(self) -> dict:
+        """Log and return the files skipped since the last call (e.g. one epoch), then reset:
+        {'too_small': n, 'unreadable': n, 'files': first 20 names}; {} when none was."""
+        flags = bytes(self._flags)
+        ctypes.memset(ctypes.addressof(self._flags), 0, len(self._flags))
+        counts = {k: flags.count(j + 1) for j, k in enumerate(SKIP_KINDS)}
+        if not any(counts.values()):
+            return {}
+        files = [str(self.files[i]) for i, f in enumerate(flags) if f][:20]
+        log.warning(
+            "pretext data %s: skipped %d images with a side <= %d px and %d unreadable files "
+            "(%s%s)",
+            self.root if not isinstance(self.root, (list, tuple)) else "(file list)",
+            counts["too_small"],
+            MIN_SIDE,
+            counts["unreadable"],
+            ", ".join(files),
+            ", ..." if sum(counts.values()) > len(files) else "",
+        )
+        return {**counts, "files": files}
 
     skip_report = report_skips
 
@@ -201,10 +208,10 @@ class PretextDataset(Dataset):
             if str(path) not in self._warned:
                 self._warned.add(str(path))
                 warnings.warn(f"skipping unreadable image: {e}", stacklevel=3)
-            self._count("unreadable")
+            self._count(i, "unreadable")
             return None
         if min(img.shape[-2:]) <= MIN_SIDE:
-            self._count("too_small")
+            self._count(i, "too_small")
             return None
         return img
 
