@@ -197,3 +197,17 @@ def test_all_bad_is_one_clear_error(tmp_path):
     ds = PretextDataset(tmp_path, _cfg())
     with pytest.warns(UserWarning), pytest.raises(NoImagesError, match=str(tmp_path)):
         ds[0]
+
+
+def test_skips_in_loader_workers_reach_the_report(tmp_path):
+    Image.fromarray(_structured(40, 50)).save(tmp_path / "a.png")
+    (tmp_path / "b.jpg").write_bytes(b"broken")
+    Image.fromarray(_structured(10, 50)).save(tmp_path / "c.png")
+    Image.fromarray(_structured(50, 40)).save(tmp_path / "d.png")
+    ds = PretextDataset(tmp_path, _cfg(m=2, p=8))
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=2, num_workers=2, collate_fn=collate_pretext
+    )
+    assert sum(len(b[2]) for b in loader) == 4
+    report = ds.report_skips()
+    assert (report["too_small"], report["unreadable"]) == (1, 1)

@@ -163,6 +163,21 @@ class PretextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        from multiprocessing.context import get_spawning_popen
+
+        if get_spawning_popen() is None:  # a plain pickle/deepcopy: carry a snapshot
+            state["_flags"] = bytes(self._flags)
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state["_flags"], bytes):
+            flags = multiprocessing.RawArray(ctypes.c_byte, len(state["_flags"]))
+            flags[:] = list(state["_flags"])
+            state["_flags"] = flags
+        self.__dict__.update(state)
+
     @property
     def skipped(self) -> dict[str, int]:
         """Files skipped since the last report: {'too_small': n, 'unreadable': n}."""
