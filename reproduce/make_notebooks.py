@@ -143,7 +143,7 @@ from updetr_lite.lite_cnn import build_lite_cnn
 # nothing else runs while the CNN trains (every run needs it): use every core
 torch.set_num_threads(os.cpu_count() or 1)
 cfg = get_config(preset, overrides)
-summary = build_lite_cnn(cfg, run_dir, cnn_steps, cnn_images)
+summary = build_lite_cnn(cfg, run_dir, cnn_steps, cnn_images, cnn_batch)
 print(json.dumps(summary["probe"], indent=1))
 """
     plot = """\
@@ -169,7 +169,7 @@ fig.savefig(run_dir / "curves.png", dpi=100)
                 "paper's self-supervised SwAV CNN. A k-NN probe on object crops of the val "
                 "split, against a random CNN, shows the features are useful."
             ),
-            parameters_cell("cnn_steps = 4\ncnn_images = 16\n"),
+            parameters_cell("cnn_steps = 3\ncnn_images = 16\ncnn_batch = 8\n"),
             new_code_cell(common("import json", "from updetr_lite import report")),
             new_code_cell(body),
             new_code_cell(plot),

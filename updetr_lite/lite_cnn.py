@@ -294,7 +294,9 @@ def cnn_data_config(cfg, n_images: int):
     )
 
 
-def build_lite_cnn(cfg, out_dir: str | Path, steps: int, n_images: int, echo=print) -> dict:
+def build_lite_cnn(
+    cfg, out_dir: str | Path, steps: int, n_images: int, batch_size: int = 32, echo=print
+) -> dict:
     """The whole lite-CNN run: generate the separate set, derive per-cell labels from its
     COCO JSON, train, save ``cnn.pth``, probe it; writes ``summary.json`` and ``probe.json``."""
     from .data.embedded import build_embedded
@@ -318,6 +320,7 @@ def build_lite_cnn(cfg, out_dir: str | Path, steps: int, n_images: int, echo=pri
         out_dir,
         cfg.model.backbone,
         cfg.model.backbone_layer,
+        batch_size=batch_size,
         seed=cfg.pretrain.seed,
         echo=echo,
     )
@@ -325,7 +328,7 @@ def build_lite_cnn(cfg, out_dir: str | Path, steps: int, n_images: int, echo=pri
     result["method"] = (
         f"{cfg.model.backbone} up to {cfg.model.backbone_layer}, supervised per-cell labels of "
         f"a separate generated set (seed {data_cfg.embedded_seed}, {len(images)} images), "
-        f"{steps} steps"
+        f"{steps} steps of batch {batch_size}"
     )
     (out_dir / "probe.json").write_text(json.dumps(result, indent=1) + "\n")
     summary = {

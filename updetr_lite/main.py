@@ -138,11 +138,12 @@ class Plan:
 LITE_BUDGET = {
     "cnn_steps": 600,  # lite CNN: batch 32 of 128 px images, bf16 where the CPU has it
     "cnn_images": 3000,  # its separate generated training set
+    "cnn_batch": 32,
     "pretrain_steps": 1000,
     "finetune_steps": 800,
     "steps_per_epoch_ft": 1000 / 32,  # embedded_train / batch
 }
-SMOKE_BUDGET = {"cnn_steps": 4, "cnn_images": 16}
+SMOKE_BUDGET = {"cnn_steps": 3, "cnn_images": 16, "cnn_batch": 8}
 SEEDS = (0, 1)
 
 
@@ -382,6 +383,8 @@ def run_overrides(p: Plan, name: str, out: Path, overrides: list[str] = ()) -> l
     """Plan overrides of run ``name``, then the lite CNN's weights (small scales), then the
     user's (they win)."""
     ov = list(p.runs[name].overrides)
+    # one data and feature cache for every run, wherever a notebook's kernel starts
+    ov.append(f"data.cache_dir={Path(get_config(p.preset).data.cache_dir).resolve()}")
     if p.scale != "paper" and p.runs[name].kind != "lite_cnn":
         ov.append(f"model.backbone_weights={Path(out).resolve() / 'cnn' / 'cnn.pth'}")
     return ov + list(overrides) + list(p.runs[name].late)
@@ -578,7 +581,7 @@ def notebook_parameters(
         )
     if run.kind == "lite_cnn":
         budget = LITE_BUDGET if p.scale == "lite" else SMOKE_BUDGET
-        params.update(cnn_steps=budget["cnn_steps"], cnn_images=budget["cnn_images"])
+        params.update({k: budget[k] for k in ("cnn_steps", "cnn_images", "cnn_batch")})
     if run.kind == "localize":
         params["n_images"] = 100 if p.scale != "smoke" else 4
     if run.kind in ("localize", "report"):
@@ -610,8 +613,6 @@ def execute_run(
         KERNEL,
         "-f",
         str(param_file),
-        "--cwd",
-        str(run_dir),
         "--log-output",
         "--no-progress-bar",
     ]
