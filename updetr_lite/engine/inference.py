@@ -154,6 +154,14 @@ def load_model(
 
     found, cfg, state = read_checkpoint(checkpoint_path, preset, overrides)
     kind = kind or found
+    if kind not in ("pretext", "detection"):
+        raise ValueError(f"kind must be 'pretext' or 'detection', not {kind!r}")
+    if found != kind:
+        what = "localization" if kind == "pretext" else "detection and evaluation"
+        raise CheckpointError(
+            f"checkpoint {checkpoint_path} holds a {found} model, but {what} needs a {kind} "
+            f"model ({'UP-DETR pre-training' if kind == 'pretext' else 'DETR fine-tuning'})"
+        )
     classes = cfg.model.num_classes if kind == "detection" else None
     check_kind(
         {"model": state, "kind": found, "num_classes": _classes(state)},

@@ -1,0 +1,5 @@
+"""``python -m updetr_lite ...``: the ``updetr-lite`` command (updetr_lite/cli.py)."""
+
+from .cli import main
+
+raise SystemExit(main())
