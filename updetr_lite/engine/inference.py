@@ -157,7 +157,7 @@ def load_model(
     if kind not in ("pretext", "detection"):
         raise ValueError(f"kind must be 'pretext' or 'detection', not {kind!r}")
     if found != kind:
-        what = "localization" if kind == "pretext" else "detection and evaluation"
+        what = "localization" if kind == "pretext" else "detection"
         raise CheckpointError(
             f"checkpoint {checkpoint_path} holds a {found} model, but {what} needs a {kind} "
             f"model ({'UP-DETR pre-training' if kind == 'pretext' else 'DETR fine-tuning'})"
