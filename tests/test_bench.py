@@ -1,0 +1,57 @@
+"""updetr-lite bench: every measurement is there and positive (no timing thresholds)."""
+
+import json
+
+import pytest
+
+from updetr_lite.bench import cpu_model
+from updetr_lite.cli import main
+
+
+def test_bench_smoke_json(tmp_path, capsys):
+    code = main(["bench", "--preset", "smoke", "--device", "cpu", "--json", "--batch", "2",
+                 "--steps", "1", "--warmup", "1", "--set", f"data.cache_dir={tmp_path}"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    r = json.loads(out)
+    assert r["preset"] == "smoke" and r["device"] == "cpu" and r["batch"] == 2
+    assert r["hardware"]["cpu"] == cpu_model() and r["hardware"]["cpu"]
+    assert r["hardware"]["torch_threads"] >= 1 and r["hardware"]["gpu"] is None
+    for section, key in [
+        ("pretext", "s_per_image"),
+        ("pretext", "images_per_s"),
+        ("pretext", "peak_memory_mib"),
+        ("finetune", "images_per_s"),
+        ("finetune", "peak_memory_mib"),
+        ("data", "samples_per_s_per_worker"),
+        ("matcher", "ms_per_image"),
+    ]:
+        value = r[section][key]
+        assert isinstance(value, float) and value > 0, (section, key, value)
+    # images/s is the inverse of seconds per image
+    assert (
+        r["pretext"]["images_per_s"] * r["pretext"]["s_per_image"] == 1.0
+        or abs(r["pretext"]["images_per_s"] * r["pretext"]["s_per_image"] - 1) < 1e-9
+    )
+    assert r["pretext"]["image_size"] == [64, 64]  # smoke: pretext_scales (64,), max 64
+    assert r["matcher"]["queries"] == 8 and r["matcher"]["targets"] == 2
+    assert r["peak_memory_mib"] == max(
+        r["pretext"]["peak_memory_mib"], r["finetune"]["peak_memory_mib"]
+    )
+
+
+def test_cpu_model_from_proc_cpuinfo():
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        pytest.skip("no /proc/cpuinfo on this system (not Linux)")
+    names = [ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")]
+    if names:
+        assert cpu_model() == names[0]
+
+
+def test_bench_bad_steps_one_line(capsys):
+    code = main(["bench", "--preset", "smoke", "--steps", "0", "--no-data"])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("updetr-lite: error: bench: steps must be >= 1")
