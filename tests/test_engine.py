@@ -20,6 +20,13 @@ def _records(path, kind):
 
 
 @pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One data cache for the module: the embedded set is built once (features are keyed by
+    CNN weights and data, so sharing is safe)."""
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module")
 def cnn_weights(tmp_path_factory):
     """A random ResNet-18 in torchvision's format, so that every run starts from the same CNN."""
     torch.manual_seed(123)
@@ -30,12 +37,12 @@ def cnn_weights(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, cnn_weights):
+def runs(tmp_path_factory, cnn_weights, cache):
     tmp = tmp_path_factory.mktemp("engine")
     cfg = get_config(
         "smoke",
         [
-            f"data.cache_dir={str(tmp / 'cache')!r}",
+            f"data.cache_dir={cache!r}",
             f"model.backbone_weights={cnn_weights!r}",
             "pretrain.log_every=1",
             "finetune.log_every=1",
@@ -101,9 +108,9 @@ def _image_batch(cfg):
     return {"inputs": images, "mask": mask, "targets": targets, "pretext": False}
 
 
-def test_lr_backbone_zero_means_no_cnn_grad_and_unchanged(tmp_path, cnn_weights):
+def test_lr_backbone_zero_means_no_cnn_grad_and_unchanged(tmp_path, cnn_weights, cache):
     base = [
-        f"data.cache_dir={str(tmp_path / 'cache')!r}",
+        f"data.cache_dir={cache!r}",
         f"model.backbone_weights={cnn_weights!r}",
         "finetune.cache_features=False",
         "finetune.max_steps=2",
@@ -143,22 +150,33 @@ def test_lr_backbone_zero_means_no_cnn_grad_and_unchanged(tmp_path, cnn_weights)
             assert changed and len(groups) == 2 and groups[1]["lr"] == pytest.approx(1e-3)
 
 
-def test_cache_features_with_trainable_cnn_is_refused(tmp_path):
-    cfg = get_config("smoke", [f"data.cache_dir={str(tmp_path)!r}", "finetune.lr_backbone=1e-5"])
+def test_cache_features_with_trainable_cnn_is_refused(tmp_path, cache):
+    cfg = get_config("smoke", [f"data.cache_dir={cache!r}", "finetune.lr_backbone=1e-5"])
     with pytest.raises(FeatureCacheError, match="finetune.cache_features=True needs a frozen CNN"):
         train(cfg, "finetune", tmp_path / "run", progress=False)
 
 
-def test_bf16_autocast_pretrain_runs(tmp_path):
+@pytest.mark.parametrize(
+    "patch_feature,cached,amp",
+    [("roi", True, True), ("crop", True, False), ("crop", False, True), ("roi", False, False)],
+)
+def test_pretrain_paths_run(tmp_path, cache, patch_feature, cached, amp):
+    """Every pre-training path: cached maps (roi: boxes only; crop: CNN on the crops per
+    step) or images through the CNN, with and without bf16 autocast."""
     cfg = get_config(
         "smoke",
         [
-            f"data.cache_dir={str(tmp_path)!r}",
-            "pretrain.amp=True",
+            f"data.cache_dir={cache!r}",
+            f"pretext.patch_feature={patch_feature!r}",
+            f"pretrain.cache_features={cached}",
+            f"pretrain.amp={amp}",
             "pretrain.max_steps=2",
             "pretrain.log_every=1",
         ],
     )
     summary = train(cfg, "pretrain", tmp_path / "run", progress=False)
-    assert summary["steps"] == 2
-    assert all(r["loss"] == r["loss"] for r in _records(tmp_path / "run", "train"))  # not NaN
+    recs = _records(tmp_path / "run", "train")
+    assert summary["steps"] == 2 and [r["step"] for r in recs] == [1, 2]
+    assert all(0 < r["loss"] < 1e4 and r["loss_rec"] >= 0 for r in recs)  # finite, real
+    ck = load_checkpoint(tmp_path / "run" / "last.pth")
+    assert ck["epoch"] == 0 and ck["batches_done"] == 2  # stopped by max_steps mid-epoch

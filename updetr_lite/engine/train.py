@@ -321,6 +321,9 @@ class _PretextImages(Dataset):
     image for the cache), with the size the query patch boxes are drawn on."""
 
     def __init__(self, dataset, seed: int):
+        if hasattr(dataset, "augment_patches"):  # the crops are discarded: skip their jitter
+            dataset = copy.copy(dataset)
+            dataset.augment_patches = False
         self.seeded = SeededDataset(dataset, seed)
         self.seeded.epoch = 2**31 - 1  # never a training epoch
 
@@ -434,6 +437,9 @@ def prepare_model(cfg: Config, stage: str):
     trainable_cnn = _trainable_cnn(cfg, stage)
     if not trainable_cnn:
         for p in model.backbone.parameters():
+            p.requires_grad_(False)
+    if stage == "pretrain" and not cfg.pretext.reconstruction:
+        for p in model.reconstruction_head.parameters():  # unused: no gradient (and DDP-safe)
             p.requires_grad_(False)
     return model, criterion, trainable_cnn
 
@@ -593,8 +599,8 @@ def train(
         bar = _progress(batches, main and progress, stage, epoch, batches_done)
         for batch in batches:
             losses = compute_losses(step_model, criterion, batch, device, tc.amp)
-            values = {k: v.detach().float() for k, v in losses.items()}
-            values = du.reduce_mean({k: v.item() for k, v in values.items()}, device)
+            flat = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one sync
+            values = du.reduce_mean(dict(zip(losses, flat)), device)
             _check_finite(values, step + 1, epoch, out)
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
