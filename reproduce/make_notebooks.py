@@ -94,18 +94,8 @@ driver.stream(cmd, run_dir / "train.out", threads)
 fig = report.plot_run(run_dir, run_dir / "curves.png")
 """
     terms = """\
-# The loss terms (weighted, decoder's last layer): where the learning happens
-records = report.read_jsonl(run_dir / "log.jsonl")
-keys = [k for k in ("loss_ce", "loss_bbox", "loss_giou", "loss_rec") if report.curve(records, k)[0]]
-plt = report._plt()
-fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
-for ax, k in zip(axes[0], keys):
-    x, y = report.curve(records, k)
-    ax.plot(x, y, lw=0.8)
-    ax.plot(x, report.smooth(y, 10), lw=1.5)
-    ax.set_title(k, fontsize=9)
-    ax.set_xlabel("step")
-fig.tight_layout()
+# the weighted loss terms of the last decoder layer: where the learning happens
+fig = report.plot_loss_terms(run_dir, run_dir / "loss_terms.png")
 """
     final = """\
 ev = report.eval_records(report.read_jsonl(run_dir / "log.jsonl"))

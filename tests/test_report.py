@@ -144,6 +144,8 @@ def test_compare_needs_two_seeds(runs_root):
     assert "too few to conclude" in report.compare(arms[1], one, "AP")
     mixed = report.ArmResult("mixed", arms[0].runs, [{"AP": 11.0}, {"AP": 3.0}], None)
     assert "not a clear difference" in report.compare(arms[1], mixed, "AP")
+    same = report.ArmResult("same", arms[1].runs, arms[1].metrics, None)
+    assert "equal in 2 of 4 seed pairings: not a clear" in report.compare(arms[1], same, "AP")
 
 
 def test_build_report_writes_everything(runs_root, tmp_path):

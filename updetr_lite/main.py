@@ -164,8 +164,12 @@ def _small_plan(scale: str) -> Plan:
     """The lite plan; smoke is the same runs at the smoke preset's toy sizes."""
     lite = scale == "lite"
     b = LITE_BUDGET
-    pre_steps = [f"pretrain.max_steps={b['pretrain_steps']}"] if lite else []
-    ft_steps = _ft_schedule(b["finetune_steps"], b["steps_per_epoch_ft"]) if lite else []
+    pre_steps = [f"pretrain.max_steps={b['pretrain_steps']}"] if lite else ["pretrain.log_every=2"]
+    ft_steps = (
+        _ft_schedule(b["finetune_steps"], b["steps_per_epoch_ft"])
+        if lite
+        else ["finetune.log_every=2"]
+    )
     runs: dict[str, Run] = {"cnn": Run("cnn", "lite_cnn")}
 
     def pre(name: str, seed: int, *ov: str) -> str:
@@ -252,6 +256,12 @@ def _small_plan(scale: str) -> Plan:
     artefacts["fig4"] = artefacts["table4"]
     notes = {
         "scale": (
+            "Smoke scale: toy sizes that check the pipeline end to end; its numbers mean "
+            "nothing. It runs every run of the lite scale, which is: "
+            if not lite
+            else ""
+        )
+        + (
             "Lite scale: embedded procedural data (1000 train / 300 val images, 128 px), a "
             "ResNet-18 cut at layer3 trained by the kit on a separate generated set (supervised "
             "stand-in for SwAV), 3+3 layers of width 128, N=20 queries, M=4 query patches, "

@@ -296,13 +296,17 @@ def compare(a: ArmResult, b: ArmResult, key: str) -> str:
         return text + f"; {len(va)} vs {len(vb)} seed(s): too few to conclude."
     # every pairing of seeds: how often a beats b
     wins = sum(x > y for x in va for y in vb)
+    losses = sum(x < y for x in va for y in vb)
     pairs = len(va) * len(vb)
     if wins == pairs:
         verdict = f"higher in all {pairs} seed pairings"
-    elif wins == 0:
+    elif losses == pairs:
         verdict = f"lower in all {pairs} seed pairings"
     else:
-        verdict = f"higher in {wins} of {pairs} seed pairings: not a clear difference"
+        verdict = (
+            f"higher in {wins}, lower in {losses}, equal in {pairs - wins - losses} of {pairs} "
+            "seed pairings: not a clear difference"
+        )
     return text + f"; {verdict} (seeds: {_list(va)} vs {_list(vb)})."
 
 
@@ -474,6 +478,28 @@ def plot_run(run_dir: str | Path, path: str | Path | None = None):
         ax.set_xlabel("step")
         ax.set_title("validation", fontsize=10)
         ax.legend(fontsize=8)
+    fig.tight_layout()
+    if path:
+        fig.savefig(path, dpi=100)
+    return fig
+
+
+def plot_loss_terms(run_dir: str | Path, path: str | Path | None = None):
+    """One panel per weighted loss term of the last decoder layer (class, L1, GIoU,
+    reconstruction); None when the log has no training record yet."""
+    plt = _plt()
+    records = read_jsonl(Path(run_dir) / "log.jsonl")
+    keys = [k for k in ("loss_ce", "loss_bbox", "loss_giou", "loss_rec") if curve(records, k)[0]]
+    if not keys:
+        print("no training records in the log yet")
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 2.8), squeeze=False)
+    for ax, k in zip(axes[0], keys):
+        x, y = curve(records, k)
+        ax.plot(x, y, lw=0.8, alpha=0.6)
+        ax.plot(x, smooth(y, 10), lw=1.5)
+        ax.set_title(k, fontsize=9)
+        ax.set_xlabel("step")
     fig.tight_layout()
     if path:
         fig.savefig(path, dpi=100)
