@@ -79,7 +79,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
     while time.time() < deadline and proc.poll() is None:
         if (run / "last.pth").exists():
             ck = torch.load(run / "last.pth", weights_only=False)  # never half written
-            if ck["epoch"] == 1 and ck["batches_done"] >= 2:
+            if ck["epoch"] >= 1 and ck["batches_done"] >= 1:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 killed_at = ck["step"]
@@ -87,7 +87,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted(tmp_path):
         time.sleep(0.05)
     assert killed_at is not None, "the run ended before it could be killed mid-epoch"
     ck = load_checkpoint(run / "last.pth")
-    assert ck["epoch"] == 1 and 0 < ck["batches_done"] < 4  # a mid-epoch checkpoint
+    assert ck["epoch"] >= 1 and 0 < ck["batches_done"] < 4  # a mid-epoch checkpoint
     ref_last = load_checkpoint(tmp_path / "ref" / "last.pth")
     assert ref_last["step"] == 12 > ck["step"]
 

@@ -294,6 +294,7 @@ def build_data(
             sampler=ShardSampler(len(val_set), rank, world),
             collate_fn=collate,
             num_workers=workers,
+            generator=torch.Generator().manual_seed(tc.seed),  # evaluation draws no training RNG
         )
     batches = Batches(loader, stage == "pretrain", extractor)
     return TrainData(batches, sampler, seeded, source, val_loader, coco_gt)
