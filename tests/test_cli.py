@@ -149,3 +149,14 @@ def test_module_entry_point_subprocess():
     assert p.stderr.strip().splitlines() == [
         "updetr-lite: error: num_queries N=9 must be divisible by num_patches M=2"
     ]
+
+
+def test_main_job_is_wired(monkeypatch, capsys):
+    """``updetr-lite main`` (run.sh) hands preset, output folder and overrides to run_main."""
+    import updetr_lite.main as driver
+
+    calls = []
+    monkeypatch.setattr(driver, "run_main", lambda *a: calls.append(a) or 3)
+    code, _, _ = run(["main", "--out", "runs/x", "--set", "pretrain.lr=1e-3"], capsys)
+    assert code == 3
+    assert calls == [("lite", "runs/x", ["pretrain.lr=1e-3"])]

@@ -99,7 +99,10 @@ def draw_boxes(
         b = b * scale
     draw = ImageDraw.Draw(img)
     width = width or max(2, round(min(img.size) / 160))
-    font = ImageFont.load_default()
+    try:  # a scalable default font (Pillow >= 10.1), else the small bitmap one
+        font = ImageFont.load_default(size=max(10, round(min(img.size) / 32)))
+    except TypeError:
+        font = ImageFont.load_default()
     for i, box in enumerate(b.tolist()):
         c = color(colors[i] if colors is not None else i)
         if dashed is not None and dashed[i]:
