@@ -231,3 +231,15 @@ def test_cli_localize_writes_json_and_png(files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 1 and err.strip().splitlines() == [err.strip()]
     assert err.startswith("updetr-lite: error: 3 query patches") and "M=2" in err
+
+
+def test_authors_args_give_m(files, tmp_path):
+    """The authors' files carry their argparse Namespace; its num_patches sets M."""
+    import argparse
+
+    state = torch.load(files["pre_crop"], weights_only=False)["model"]
+    torch.save({"model": state, "args": argparse.Namespace(num_patches=4)}, tmp_path / "a.pth")
+    model, cfg = load_model(tmp_path / "a.pth", preset="smoke")
+    assert model.num_patches == cfg.pretext.num_patches == 4
+    with pytest.raises(InferenceError, match="M=4"):
+        localize_patches(model, cfg, files["image"], boxes=[[0, 0, 10, 10]] * 5)

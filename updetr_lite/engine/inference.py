@@ -132,6 +132,15 @@ def read_checkpoint(
         cfg = Config.from_dict(ckpt["config"]).override(list(overrides or []))
     else:
         base = get_config(preset or "paper", list(overrides or []))
+        m = getattr(ckpt.get("args"), "num_patches", None)  # the authors' argparse Namespace
+        if (
+            isinstance(m, int)
+            and m > 0
+            and not any(o.startswith("pretext.num_patches") for o in overrides or [])
+        ):
+            base = dataclasses.replace(
+                base, pretext=dataclasses.replace(base.pretext, num_patches=m)
+            )
         cfg = config_from_state(state, base)
     info = {k: ckpt[k] for k in ("kind", "num_classes") if k in ckpt}
     kind, _ = infer_kind({**info, "model": state})
