@@ -4,10 +4,10 @@
 
 - ``config.json``: the full resolved configuration (``Config.from_dict`` reads it back);
 - ``log.jsonl``: one JSON record per line: ``{"type": "train", step, epoch, <loss terms>,
-  lr, images_per_s}`` every ``log_every`` steps (loss terms averaged over those steps and
-  over processes), ``{"type": "eval", step, epoch, AP, AP50, AP75, APs, APm, APl}`` after each
+  loss, class_error, lr, lr_backbone, images_per_s}`` every ``log_every`` steps (averaged
+  over those steps and over processes; terms are the criterion's weighted terms), ``{"type": "eval", step, epoch, AP, AP50, AP75, APs, APm, APl}`` after each
   evaluation, ``{"type": "epoch", ...}`` per-epoch loss means, ``{"type": "init", ...}`` the
-  pretext -> detector key report;
+  pretext -> detector key report, ``{"type": "skips", ...}`` the pretext dataset's skip counts;
 - ``last.pth`` (each epoch and every ``last_every_steps`` steps), ``best.pth`` (best AP when
   fine-tuning, lowest epoch loss when pre-training), ``epoch_K.pth`` every ``checkpoint_every``
   epochs.
@@ -17,6 +17,9 @@ augmentation only on (seed, epoch, index) (``SeededDataset``), and the model's o
 (dropout, query shuffle, patch dropout) on the per-rank RNG states saved in the checkpoint.
 A run resumed from a mid-epoch ``last.pth`` therefore skips the batches it had done and
 continues bit for bit (in deterministic mode, same process count and thread count).
+
+With ``TrainConfig.cache_features`` (a lite deviation, frozen CNN only) the CNN runs once per
+image and the transformer trains on the cached maps (``features.py``).
 """
 
 from __future__ import annotations
@@ -50,8 +53,6 @@ from .checkpoint import (
 from .evaluate import evaluate
 
 STAGES = ("pretrain", "finetune")
-# keys of a train record that are not loss terms
-_NOT_TERMS = ("class_error",)
 
 
 class TrainingError(ValueError):
@@ -515,6 +516,8 @@ def train(
     log = JsonLog(out / "log.jsonl", main, ckpt["log_records"] if ckpt else None)
 
     model, criterion, trainable_cnn = prepare_model(cfg, stage)
+    if tc.cache_features:
+        ft.check_cacheable(trainable_cnn, stage)  # before any data is built
     init_report = None
     if init is not None and ckpt is None:
         init_report = _init_from_pretext(model, init, log)
