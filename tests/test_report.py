@@ -116,6 +116,8 @@ def test_log_reading_and_status(runs_root):
 def test_normalize_metrics():
     m = report.normalize_metrics({"type": "eval", "AP": 0.5, "ap50": 0.75, "AP_small": 0.1})
     assert m == pytest.approx({"AP": 50.0, "AP50": 75.0, "APs": 10.0})
+    m = report.normalize_metrics({"AP": 0.2, "APl": -1.0})  # -1: undefined in pycocotools
+    assert m == pytest.approx({"AP": 20.0})
     m = report.normalize_metrics({"eval": {"AP": 50.0}, "ap_unit": "percent"})
     assert m == {"AP": 50.0}
 

@@ -702,12 +702,26 @@ def execute(
                 return None
         return True
 
+    def first_of_kind_done(n: str) -> bool:
+        """Until one run of a training kind has finished, no second one starts beside it:
+        the first computes the CNN feature cache that the others then read."""
+        kind = p.runs[n].kind
+        if kind not in ("pretrain", "finetune"):
+            return True
+        if any(
+            r.status in ("done", "skipped") and p.runs[m].kind == kind for m, r in results.items()
+        ):
+            return True
+        return not any(p.runs[m].kind == kind for m in running.values())
+
+    running: dict = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        running = {}
         while pending or running:
             # pre-trainings first: fine-tunings wait on them, the DETR baselines do not
             for n in sorted(pending, key=lambda n: p.runs[n].kind != "pretrain"):
                 state = ready(n)
+                if state and not first_of_kind_done(n):
+                    state = False  # the first of a kind builds the shared feature cache alone
                 if state is None:
                     pending.remove(n)
                     failed = [

@@ -180,7 +180,8 @@ def normalize_metrics(record: dict) -> dict[str, float]:
     out = {}
     for k, v in flat.items():
         name = _METRIC_ALIASES.get(str(k).lower().replace("@", "").replace("-", "_"))
-        if name and isinstance(v, int | float) and not isinstance(v, bool):
+        # pycocotools writes -1 where a metric is undefined (e.g. no large objects)
+        if name and isinstance(v, int | float) and not isinstance(v, bool) and v >= 0:
             out[name] = float(v) * scale
     return out
 
