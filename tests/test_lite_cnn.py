@@ -19,7 +19,10 @@ def _brute_cell_labels(boxes, cats, h, w, stride):
             cy, cx = (i + 0.5) * stride, (j + 0.5) * stride
             best, best_area = 0, None
             for (x, y, bw, bh), c in zip(boxes, cats):
-                if x <= cx < x + bw and y <= cy < y + bh:
+                centre_here = i * stride <= y + bh / 2 < (i + 1) * stride and (
+                    j * stride <= x + bw / 2 < (j + 1) * stride
+                )
+                if (x <= cx < x + bw and y <= cy < y + bh) or centre_here:
                     if best_area is None or bw * bh < best_area:
                         best, best_area = c, bw * bh
             out[i][j] = best

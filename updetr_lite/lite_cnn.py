@@ -42,7 +42,8 @@ def cell_labels(
     stride: int = STRIDE,
 ) -> torch.Tensor:
     """Dense class labels [ceil(H/stride), ceil(W/stride)] int64: each cell takes the class of
-    the smallest box (COCO ``xywh`` pixels) that contains the cell's centre, 0 where none does
+    the smallest box (COCO ``xywh`` pixels) that contains the cell's centre or whose own centre
+    lies in the cell (so an object smaller than a cell still labels one), 0 where none does
     (small objects drawn over big ones win, as occluders do)."""
     gh, gw = math.ceil(height / stride), math.ceil(width / stride)
     labels = torch.zeros(gh, gw, dtype=torch.int64)
@@ -56,6 +57,9 @@ def cell_labels(
     for i in order:
         x, y, w, h = boxes_xywh[i]
         inside = ((cy >= y) & (cy < y + h))[:, None] & ((cx >= x) & (cx < x + w))[None, :]
+        ci, cj = int((y + h / 2) // stride), int((x + w / 2) // stride)
+        if 0 <= ci < gh and 0 <= cj < gw:
+            inside[ci, cj] = True
         smaller = inside & (w * h <= area)
         labels[smaller] = int(categories[i])
         area[smaller] = w * h
@@ -132,11 +136,14 @@ def train_cnn(
     seed: int = 0,
     bf16: bool | None = None,
     log_every: int = 20,
+    background_weight: float = 0.2,
     echo=print,
 ) -> dict:
     """Train DenseCNN on (image, per-cell label) pairs with per-cell cross-entropy (AdamW, a
     cosine schedule, horizontal flips); write ``cnn.pth`` (torchvision format) and
-    ``log.jsonl`` into ``out_dir``. Returns {"steps", "seconds", "final_loss", "cell_acc"}."""
+    ``log.jsonl`` into ``out_dir``. Background cells (class 0, most of an image) weigh
+    ``background_weight`` in the loss so that the CNN learns the objects' classes.
+    Returns {"steps", "seconds", "final_loss", "cell_acc", "object_acc"}."""
     from .fastpath import bf16_supported
 
     out_dir = Path(out_dir)
@@ -156,6 +163,8 @@ def train_cnn(
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (i - warm) / max(1, steps - warm))))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    class_weight = torch.ones(num_classes)
+    class_weight[0] = background_weight
     t0 = time.monotonic()
     model.train()
     stats = {"loss": math.nan, "cell_acc": math.nan, "object_acc": math.nan}
@@ -169,7 +178,7 @@ def train_cnn(
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
             logits = logits.float()[..., : y.shape[-2], : y.shape[-1]]
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y, weight=class_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -252,9 +261,32 @@ def embed(backbone: nn.Module, crops_uint8: torch.Tensor, batch: int = 128) -> t
     return torch.cat(out)
 
 
+@torch.no_grad()
+def roi_embeddings(backbone: nn.Module, images: list[torch.Tensor], anns: list[list[dict]]):
+    """Per object, the mean of a 4x4 RoIAlign of the whole image's feature map over its box
+    (what ``pretext.patch_feature='roi'`` feeds the decoder): (features [n, C], labels [n])."""
+    from torchvision.ops import roi_align
+
+    backbone.eval()
+    feats, labels = [], []
+    for img, objs in zip(images, anns):
+        if not objs:
+            continue
+        x = _normalize(img[None])
+        fmap, _ = backbone(x, torch.zeros(1, *x.shape[-2:], dtype=torch.bool))
+        stride = x.shape[-1] / fmap.shape[-1]
+        boxes = torch.tensor([[a, b, a + w, b + h] for a, b, w, h in (o["bbox"] for o in objs)])
+        pooled = roi_align(fmap, [boxes.float()], 4, 1.0 / stride, 2, aligned=True)
+        feats.append(pooled.mean((2, 3)))
+        labels += [int(o["category_id"]) for o in objs]
+    return torch.cat(feats), torch.tensor(labels)
+
+
 def probe(cfg, weights: str | Path, k: int = 5, size: int | None = None, seed: int = 0) -> dict:
-    """k-NN accuracy on object crops of the detection val split (neighbours: crops of the
-    train split) with the CNN at ``weights`` vs a random CNN of the same shape."""
+    """k-NN accuracy on the objects of the detection val split (neighbours: the train split's
+    objects) with the CNN at ``weights`` vs a random CNN of the same shape; objects seen as
+    resized crops (``trained``/``random``, the paper's patch feature) and as RoIAlign of the
+    whole image's feature map (``trained_roi``/``random_roi``, the lite patch feature)."""
     from .data.embedded import build_embedded
     from .models.backbone import Backbone
     from .models.weights import load_cnn_weights
@@ -272,6 +304,9 @@ def probe(cfg, weights: str | Path, k: int = 5, size: int | None = None, seed: i
         if which == "trained":
             load_cnn_weights(bb, str(weights))
         result[which] = knn_accuracy(embed(bb, tr_x), tr_y, embed(bb, va_x), va_y, k)
+        rtr_x, rtr_y = roi_embeddings(bb, tr_img, tr_ann)
+        rva_x, rva_y = roi_embeddings(bb, va_img, va_ann)
+        result[f"{which}_roi"] = knn_accuracy(rtr_x, rtr_y, rva_x, rva_y, k)
     counts = torch.bincount(va_y)
     result["chance"] = float(counts.max() / counts.sum())  # always answering the commonest class
     result["num_classes"] = int((counts > 0).sum())

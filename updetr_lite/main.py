@@ -269,8 +269,14 @@ def _small_plan(scale: str) -> Plan:
             "about VOC or COCO."
         ),
         "table1": (
-            "Equal fine-tuning budget for every arm. Seed s = pre-training seed s and "
-            "fine-tuning seed s ('crop': one pre-training, fine-tuning seeds 0 and 1)."
+            (
+                f"Equal budgets for every arm: {b['finetune_steps']} fine-tuning steps of batch "
+                f"32 (lr x0.1 at 80 %), pre-training {b['pretrain_steps']} steps of batch 32. "
+                if lite
+                else ""
+            )
+            + "Seed s = pre-training seed s and fine-tuning seed s ('crop': one pre-training, "
+            "fine-tuning seeds 0 and 1)."
         ),
         "table2": "COCO is not part of the lite scale: Table 2 needs --scale paper.",
         "table3": "Lite N=20 cannot hold M=10 groups of equal size: M=4 (5 queries a patch) "

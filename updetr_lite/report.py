@@ -527,7 +527,14 @@ def cnn_probe_text(out_root: str | Path) -> str:
         f"Lite CNN ({d.get('method', 'see cnn/')}): k-NN ({d['k']}-NN, cosine) accuracy on "
         f"{d['n_test']} object crops of the val split over {d['num_classes']} classes: "
         f"**{100 * d['trained']:.1f} %** with the kit's frozen CNN vs "
-        f"{100 * d['random']:.1f} % with a random CNN (chance {100 * d['chance']:.1f} %).\n"
+        f"{100 * d['random']:.1f} % with a random CNN (chance {100 * d['chance']:.1f} %)"
+        + (
+            f"; objects as RoIAlign of the whole image's feature map (the 'roi' patch feature): "
+            f"**{100 * d['trained_roi']:.1f} %** vs {100 * d['random_roi']:.1f} %"
+            if "trained_roi" in d
+            else ""
+        )
+        + ".\n"
     )
 
 
