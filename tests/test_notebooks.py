@@ -1,0 +1,148 @@
+"""The tutorial notebooks: committed clean, and each runs under papermill (SMOKE=True) on the
+project's kernel and records values that are checked here."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from updetr_lite import notebooks as nbrun
+from updetr_lite.notebook_checks import project_root, read_results
+
+ROOT = project_root()
+NB_DIR = ROOT / "notebooks"
+
+
+def _kernel_available() -> bool:
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec(nbrun.KERNEL)
+        return True
+    except NoSuchKernel:
+        return False
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One folder for the module: the demo checkpoint is trained once (by 03 or 06)."""
+    if not _kernel_available():
+        pytest.fail(
+            f"jupyter kernel {nbrun.KERNEL!r} is not installed: run "
+            "`.venv/bin/python -m ipykernel install --sys-prefix --name updetr-lite` "
+            "(scripts/venv.sh does it)"
+        )
+    return tmp_path_factory.mktemp("notebooks")
+
+
+def _run(name: str, shared: Path, **params) -> dict:
+    out = shared / name
+    nbrun.execute_notebook(
+        name, out, {"SMOKE": True, **params}, env_dir=shared / "env", timeout=600
+    )
+    return read_results(out / "results", name)
+
+
+# ------------------------------------------------------------------------------ committed files
+
+
+def _generator():
+    spec = importlib.util.spec_from_file_location("make_notebooks", NB_DIR / "make_notebooks.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name", nbrun.NOTEBOOKS)
+def test_notebook_is_committed_clean_and_generated(name):
+    nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"] == {
+        "name": "updetr-lite",
+        "display_name": "Python (updetr-lite)",
+        "language": "python",
+    }
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "outputs committed"
+    tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and "SMOKE = False" in tagged[0].source
+    assert "RESULTS_DIR" in tagged[0].source
+    fresh = _generator().NOTEBOOKS[name]()
+    assert [c.source for c in nb.cells] == [c.source for c in fresh.cells], (
+        f"{name}.ipynb differs from notebooks/make_notebooks.py: regenerate it"
+    )
+
+
+def test_notebook_list_matches_the_folder():
+    on_disk = sorted(p.stem for p in NB_DIR.glob("[0-9][0-9]_*.ipynb"))
+    assert on_disk == sorted(nbrun.NOTEBOOKS) == sorted(_generator().NOTEBOOKS)
+
+
+# ------------------------------------------------------------------------------ executed
+
+
+def test_01_random_query_patches(shared):
+    r = _run("01_random_query_patches", shared)
+    m, p = r["num_patches"], r["patch_size"]
+    assert r["patch_shape"] == [m, 3, p, p]
+    assert r["batch_patches"] == [2, m, 3, p, p] and r["target_boxes"] == [m, 4]
+    assert r["target_labels"] == [1] * m and r["targets_in_unit_square"]
+    lo, hi = r["allowed_width"]
+    assert lo - 1e-3 <= r["width_min"] <= r["width_max"] <= hi + 1e-3
+    lo, hi = r["allowed_height"]
+    assert lo - 1e-3 <= r["height_min"] <= r["height_max"] <= hi + 1e-3
+    assert r["augmentation_changed_pixels"] > 0
+
+
+def test_02_masked_groups_do_not_influence_each_other(shared):
+    r = _run("02_multi_query_patches", shared)
+    assert r["masked_others_max"] < 1e-6
+    assert r["masked_own_min"] > 1e-5
+    assert r["unmasked_others_max"] > 1e-5
+    p, n = r["patch_dropout_setting"], r["patch_dropout_draws"]
+    assert abs(r["patch_dropout_measured"] - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-9
+
+
+def test_03_matching_and_losses(shared):
+    r = _run("03_matching_and_losses", shared, CHECKPOINT=str(shared / "demo_smoke.pth"))
+    assert r["matcher_agrees"]
+    assert r["global_cost"] <= r["per_group_cost"] + 1e-5
+    assert r["loss_total"] == pytest.approx(r["loss_terms_sum"], rel=1e-5)
+    assert {"loss_ce", "loss_bbox", "loss_giou", "loss_rec"} <= set(r["loss_terms"])
+    assert r["eos_weight"] == pytest.approx(r["num_patches"] / r["num_queries"])
+
+
+def test_04_pretraining_loss_falls(shared):
+    r = _run("04_pretraining_live", shared, RUN_DIR=str(shared / "runs04"))
+    for key in ("with_mask", "without_mask"):
+        assert r[f"{key}_records"] >= 10
+        assert r[f"{key}_loss_fell"], (r[f"{key}_loss_first"], r[f"{key}_loss_last"])
+    assert 0 <= r["mean_iou_after_training"] <= 1
+
+
+def test_05_finetuning_arms_are_evaluated(shared):
+    r = _run("05_finetuning", shared, RUN_DIR=str(shared / "runs05"))
+    for arm in ("scratch", "updetr"):
+        assert r[f"{arm}_evals"] >= 1
+        for metric in ("AP", "AP50"):
+            v = r[f"{arm}_{metric}"]
+            assert math.isfinite(v) and -1 <= v <= 100  # pycocotools: -1 when undefined
+    assert r["attention_layers"] >= 1 and r["attention_rows_sum_to_one"]
+
+
+def test_06_demo_localizes_a_training_patch(shared):
+    r = _run(
+        "06_patch_localization_demo",
+        shared,
+        INTERACTIVE=False,
+        CHECKPOINT=str(shared / "demo_smoke.pth"),
+    )
+    assert r["smoke"] and not r["authors_checkpoint"]
+    assert r["shown_boxes"] == 2
+    # the smoke checkpoint (about 30 s of training on one photo) already reaches it
+    assert r["iou_fixed_patch"] > 0.5, r
+    assert 0 <= r["iou_fixed_patch_augmented"] <= 1
