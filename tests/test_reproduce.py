@@ -212,3 +212,29 @@ def test_stream_copies_output_and_names_the_log_on_failure(tmp_path):
     text = (tmp_path / "train.out").read_text()
     assert "hello" in text and "49%|###" in text  # the log keeps everything
     assert shown[0] == "hello" and shown[-1] == "49%|###" and len(shown) < 10  # bars thinned
+
+
+def test_schedule_longest_pretraining_first_and_one_cache_builder(tmp_path, monkeypatch):
+    started = []
+
+    def fake_run(p, name, out, overrides, launch, timeout):
+        started.append(name)
+        d = Path(out) / name
+        d.mkdir(parents=True, exist_ok=True)
+        time.sleep(0.3)  # building the feature cache: no train record yet
+        (d / "log.jsonl").write_text('{"type": "train", "step": 10}\n')
+        time.sleep(0.3)
+        (d / "DONE").write_text("{}")
+        return driver.Result(name, "done", 0.6)
+
+    monkeypatch.setattr(driver, "execute_run", fake_run)
+    p = driver.plan("lite")
+    names = [n for n in p.runs_for(list(driver.MAIN_ARTEFACTS)) if n != "report"]
+    res = driver.execute(p, names, tmp_path, jobs=2, echo=lambda *_: None)
+    assert all(r.status == "done" for r in res.values())
+    # the CNN first; then the slowest pre-training ('crop'), and beside it not a second
+    # pre-training (it would build the same cache) but the first fine-tuning
+    assert started[0] == "cnn"
+    assert started[1] == "pre_crop_s0" and p.runs[started[2]].kind == "finetune"
+    for n in names:  # every run after the runs it needs
+        assert all(started.index(m) < started.index(n) for m in p.runs[n].needs)

@@ -80,6 +80,7 @@ class Run:
     needs: tuple[str, ...] = ()
     seed: int = 0
     late: tuple[str, ...] = ()  # applied after the user's overrides (e.g. the COCO root)
+    cost: float = 1.0  # relative run time: the longest pre-trainings start first
 
 
 @dataclass(frozen=True)
@@ -139,8 +140,8 @@ LITE_BUDGET = {
     "cnn_steps": 600,  # lite CNN: batch 32 of 128 px images, bf16 where the CPU has it
     "cnn_images": 3000,  # its separate generated training set
     "cnn_batch": 32,
-    "pretrain_steps": 1000,
-    "finetune_steps": 800,
+    "pretrain_steps": 800,
+    "finetune_steps": 600,
     "steps_per_epoch_ft": 1000 / 32,  # embedded_train / batch
 }
 SMOKE_BUDGET = {"cnn_steps": 3, "cnn_images": 16, "cnn_batch": 8}
@@ -171,9 +172,13 @@ def _small_plan(scale: str) -> Plan:
         else ["finetune.log_every=2"]
     )
     runs: dict[str, Run] = {"cnn": Run("cnn", "lite_cnn")}
+    roi, crop = "pretext.patch_feature=roi", "pretext.patch_feature=crop"
 
     def pre(name: str, seed: int, *ov: str) -> str:
         full = f"{name}_s{seed}"
+        # measured: 'crop' runs the CNN on M crops per image each step; a CNN that trains
+        # runs forward and backward over the images
+        cost = 4.0 if "model.frozen_cnn=False" in ov else 2.5 if crop in ov else 1.0
         runs[full] = Run(
             full,
             "pretrain",
@@ -181,6 +186,7 @@ def _small_plan(scale: str) -> Plan:
             None,
             ("cnn",),
             seed,
+            cost=cost,
         )
         return full
 
@@ -192,7 +198,6 @@ def _small_plan(scale: str) -> Plan:
         )
         return full
 
-    roi, crop = "pretext.patch_feature=roi", "pretext.patch_feature=crop"
     scratch = tuple(ft("scratch", s, None) for s in SEEDS)
     pre_roi = [pre("pre_roi", s, roi) for s in SEEDS]
     ft_roi = tuple(ft("roi", s, pre_roi[s]) for s in SEEDS)
@@ -660,6 +665,14 @@ def execute_run(
     )
 
 
+def _training_started(run_dir: Path) -> bool:
+    log = run_dir / "log.jsonl"
+    try:
+        return log.exists() and '"type": "train"' in log.read_text()
+    except OSError:
+        return False
+
+
 def default_jobs(gpus: int) -> int:
     """GPUs: one run at a time (each uses them all). CPU: two one-thread runs side by side
     give more throughput on 2 cores than one two-thread run (lite-scale findings)."""
@@ -709,8 +722,9 @@ def execute(
         return True
 
     def first_of_kind_done(n: str) -> bool:
-        """Until one run of a training kind has finished, no second one starts beside it:
-        the first computes the CNN feature cache that the others then read."""
+        """Until one run of a training kind has started training (its log has a train record)
+        or finished, no second one starts beside it: the first computes the CNN feature cache
+        that the others then read."""
         kind = p.runs[n].kind
         if kind not in ("pretrain", "finetune"):
             return True
@@ -718,13 +732,17 @@ def execute(
             r.status in ("done", "skipped") and p.runs[m].kind == kind for m, r in results.items()
         ):
             return True
-        return not any(p.runs[m].kind == kind for m in running.values())
+        same = [m for m in running.values() if p.runs[m].kind == kind]
+        return not same or any(_training_started(out / m) for m in same)
+
+    def priority(n: str):
+        return (p.runs[n].kind != "pretrain", -p.runs[n].cost)
 
     running: dict = {}
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         while pending or running:
             # pre-trainings first: fine-tunings wait on them, the DETR baselines do not
-            for n in sorted(pending, key=lambda n: p.runs[n].kind != "pretrain"):
+            for n in sorted(pending, key=priority):
                 state = ready(n)
                 if state and not first_of_kind_done(n):
                     state = False  # the first of a kind builds the shared feature cache alone
@@ -745,7 +763,8 @@ def execute(
                     ] = n
             if not running:
                 continue
-            finished, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            # wake up now and then: a run that starts training lets the next of its kind in
+            finished, _ = wait(list(running), timeout=5, return_when=FIRST_COMPLETED)
             for f in finished:
                 n = running.pop(f)
                 try:
