@@ -442,9 +442,19 @@ def plot_curves(
             if window > 1:
                 y = smooth(y, window)
             tag = "" if run.status == "done" else f" ({run.status})"
-            ax.plot(x, y, color=color, ls=styles[j % 4], lw=1.4, label=f"{row.label} [{name}]{tag}")
+            marker = "o" if len(x) < 60 else None  # evaluations: few points, show each
+            ax.plot(
+                x,
+                y,
+                color=color,
+                ls=styles[j % 4],
+                lw=1.4,
+                marker=marker,
+                ms=3,
+                label=f"{row.label} [{name}]{tag}",
+            )
     ax.set_xlabel(x_key)
-    ax.set_ylabel(key)
+    ax.set_ylabel(key if key == "loss" else f"{key} (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6.5)
