@@ -994,7 +994,7 @@ def export_results(out_root: str | Path, dest: str | Path) -> list[Path]:
             shutil.copy(f, dest / f.name)
             copied.append(dest / f.name)
     rows = []
-    for d in sorted(p for p in out_root.iterdir() if p.is_dir()):
+    for d in sorted(p for p in out_root.iterdir() if p.is_dir() and p.name != "report"):
         run = load_run(out_root, d.name)
         seconds = "–"
         if (d / "DONE").exists():
