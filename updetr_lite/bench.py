@@ -88,36 +88,87 @@ def _optimizer(model, tc) -> torch.optim.Optimizer:
     groups = [{"params": main, "lr": tc.lr}]
     if cnn:
         groups.append({"params": cnn, "lr": tc.lr_backbone})
-    return torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
+    # foreach: one fused kernel per parameter group step instead of a loop over tensors
+    return torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay, foreach=True)
 
 
-def _time_steps(step, steps: int, warmup: int, device: torch.device) -> float:
-    """Seconds for ``steps`` calls of ``step()`` after ``warmup`` untimed ones."""
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    mid = len(xs) // 2
+    return xs[mid] if len(xs) % 2 else (xs[mid - 1] + xs[mid]) / 2
+
+
+def _time_steps(step, steps: int, warmup: int, device: torch.device, repeats: int = 1) -> dict:
+    """Time ``step()`` (which returns its seconds and its forward seconds, the making of
+    inputs excluded): ``warmup`` untimed calls, then ``repeats`` blocks of ``steps`` calls.
+    -> seconds per iteration and forward seconds per iteration: medians over the blocks (a
+    shared, noisy machine), and every block's seconds per iteration."""
     for _ in range(warmup):
         step()
-    _sync(device)
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    _sync(device)
-    return time.perf_counter() - t
+    per_iter, fwd_iter = [], []
+    for _ in range(repeats):
+        total = fwd = 0.0
+        for _ in range(steps):
+            t, f = step()
+            total, fwd = total + t, fwd + f
+        per_iter.append(total / steps)
+        fwd_iter.append(fwd / steps)
+    return {
+        "s_per_iteration": _median(per_iter),
+        "forward_s_per_iteration": _median(fwd_iter),
+        "s_per_iteration_blocks": per_iter,
+    }
 
 
 def _train_step(model, criterion, optimizer, tc, device, make_inputs):
+    """One optimizer step as the engine runs it -> (seconds, seconds of forward + loss)."""
     params = [p for p in model.parameters() if p.requires_grad]
 
-    def step():
+    def step() -> tuple[float, float]:
         args, targets = make_inputs()
+        _sync(device)
+        t = time.perf_counter()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp):
             outputs = model(*args)
         losses = criterion(outputs, targets)
+        _sync(device)
+        forward = time.perf_counter() - t
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         if tc.clip_max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, tc.clip_max_norm)
+            torch.nn.utils.clip_grad_norm_(params, tc.clip_max_norm, foreach=True)
         optimizer.step()
+        _sync(device)
+        return time.perf_counter() - t, forward
 
     return step
+
+
+def _summary(timing: dict, batch: int) -> dict:
+    s = timing["s_per_iteration"]
+    return {
+        "s_per_iteration": s,
+        "s_per_image": s / batch,
+        "images_per_s": batch / s,
+        "forward_s_per_iteration": timing["forward_s_per_iteration"],
+        "forward_share": timing["forward_s_per_iteration"] / s,
+        "s_per_iteration_blocks": timing["s_per_iteration_blocks"],
+    }
+
+
+def fast_path_state(model, device: torch.device) -> dict:
+    """Whether the benchmarked model's CNN really runs the fast path (frozen, BN folded,
+    channels_last, bf16 autocast where the hardware has it)."""
+    from .fastpath import bf16_supported
+
+    cnn = model.backbone[0]
+    frozen = not any(p.requires_grad for p in cnn.parameters())
+    fast = bool(cnn.fast)
+    return {
+        "frozen_cnn": frozen,
+        "fast_cnn": fast,
+        "cnn_bf16": fast and bf16_supported(device),
+    }
 
 
 def _phase_memory(device: torch.device) -> float:
@@ -132,12 +183,44 @@ def _reset_memory(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def bench_pretext(cfg: Config, device, batch: int, steps: int, warmup: int) -> dict:
+def draw_size(scales, max_size: int, aspect: float, generator: torch.Generator) -> tuple[int, int]:
+    """(h, w) of one image as the data pipeline's multi-scale resize leaves it: shortest side
+    drawn uniformly from ``scales``, a landscape photo of width/height ``aspect``, scaled down
+    so that the longest side is at most ``max_size``."""
+    short = scales[int(torch.randint(len(scales), (1,), generator=generator))]
+    long = short * aspect
+    f = min(1.0, max_size / long)
+    return max(1, round(short * f)), max(1, round(long * f))
+
+
+def random_batch(sizes, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images of the given (h, w), zero padded to the largest as the collate does:
+    -> images [B, 3, H, W], mask bool [B, H, W] (True = padding)."""
+    hh, ww = max(h for h, _ in sizes), max(w for _, w in sizes)
+    images = torch.zeros(len(sizes), 3, hh, ww)
+    mask = torch.ones(len(sizes), hh, ww, dtype=torch.bool)
+    for i, (h, w) in enumerate(sizes):
+        images[i, :, :h, :w] = torch.randn(3, h, w, generator=generator)
+        mask[i, :h, :w] = False
+    return images, mask
+
+
+def _batches(cfg_scales, max_size, aspect, batch, count, generator, device):
+    out = []
+    for _ in range(count):
+        sizes = [draw_size(cfg_scales, max_size, aspect, generator) for _ in range(batch)]
+        images, mask = random_batch(sizes, generator)
+        out.append((images.to(device), mask.to(device)))
+    return out
+
+
+def bench_pretext(
+    cfg: Config, device, batch: int, steps: int, warmup: int, repeats: int = 1, aspect=1.0
+) -> dict:
     """Pretext training step time of UP-DETR on random images and query patches."""
     from .models import build_criterion, build_updetr
 
     tc, m, p = cfg.pretrain, cfg.model, cfg.pretext
-    side = _side(max(cfg.data.pretext_scales), cfg.data.pretext_max_size)
     model = build_updetr(cfg).to(device).train()
     if not (tc.lr_backbone > 0 and not m.frozen_cnn):  # as the engine: a CNN that never steps
         for q in model.backbone.parameters():
@@ -145,12 +228,16 @@ def bench_pretext(cfg: Config, device, batch: int, steps: int, warmup: int) -> d
     criterion = build_criterion(cfg, pretext=True).to(device)
     optimizer = _optimizer(model, tc)
     g = torch.Generator().manual_seed(0)
-    images = torch.randn(batch, 3, side, side, generator=g).to(device)
-    mask = torch.zeros(batch, side, side, dtype=torch.bool, device=device)
+    n_batches = warmup + steps * repeats
+    data = _batches(
+        cfg.data.pretext_scales, cfg.data.pretext_max_size, aspect, batch, n_batches, g, device
+    )
     patches = torch.randn(batch, p.num_patches, 3, p.patch_size, p.patch_size, generator=g)
     patches = patches.to(device) if p.patch_feature == "crop" else None
+    it = iter(range(10**9))
 
     def make_inputs():
+        images, mask = data[next(it) % n_batches]
         boxes = torch.stack([random_boxes(p.num_patches, g) for _ in range(batch)]).to(device)
         targets = [
             {"boxes": b, "labels": torch.ones(p.num_patches, dtype=torch.int64, device=device)}
@@ -159,25 +246,35 @@ def bench_pretext(cfg: Config, device, batch: int, steps: int, warmup: int) -> d
         return (images, mask, patches, boxes), targets
 
     _reset_memory(device)
-    seconds = _time_steps(
-        _train_step(model, criterion, optimizer, tc, device, make_inputs), steps, warmup, device
+    timing = _time_steps(
+        _train_step(model, criterion, optimizer, tc, device, make_inputs),
+        steps,
+        warmup,
+        device,
+        repeats,
     )
-    n = steps * batch
     return {
-        "image_size": [side, side],
+        "image_sizes": [list(d[0].shape[-2:]) for d in data],
+        "image_size": [max(d[0].shape[-2] for d in data), max(d[0].shape[-1] for d in data)],
         "patch_feature": p.patch_feature,
-        "s_per_image": seconds / n,
-        "images_per_s": n / seconds,
+        "patch_size": p.patch_size if p.patch_feature == "crop" else None,
+        "reconstruction": p.reconstruction,
+        "backbone": f"{m.backbone} {m.backbone_layer}",
+        "transformer": f"d={m.hidden_dim} {m.enc_layers}+{m.dec_layers} ffn={m.dim_feedforward}",
+        "amp": tc.amp,
+        **fast_path_state(model, device),
+        **_summary(timing, batch),
         "peak_memory_mib": _phase_memory(device),
     }
 
 
-def bench_finetune(cfg: Config, device, batch: int, steps: int, warmup: int) -> dict:
+def bench_finetune(
+    cfg: Config, device, batch: int, steps: int, warmup: int, repeats: int = 1, aspect=1.0
+) -> dict:
     """DETR training step time on random images with random boxes (3 per image)."""
     from .models import build_criterion, build_detr
 
     tc, m = cfg.finetune, cfg.model
-    side = _side(max(cfg.data.scales), cfg.data.max_size)
     model = build_detr(cfg).to(device).train()
     if tc.lr_backbone <= 0:
         for q in model.backbone.parameters():
@@ -185,8 +282,9 @@ def bench_finetune(cfg: Config, device, batch: int, steps: int, warmup: int) -> 
     criterion = build_criterion(cfg, pretext=False).to(device)
     optimizer = _optimizer(model, tc)
     g = torch.Generator().manual_seed(1)
-    images = torch.randn(batch, 3, side, side, generator=g).to(device)
-    mask = torch.zeros(batch, side, side, dtype=torch.bool, device=device)
+    n_batches = warmup + steps * repeats
+    data = _batches(cfg.data.scales, cfg.data.max_size, aspect, batch, n_batches, g, device)
+    it = iter(range(10**9))
 
     def make_inputs():
         targets = [
@@ -196,17 +294,21 @@ def bench_finetune(cfg: Config, device, batch: int, steps: int, warmup: int) -> 
             }
             for _ in range(batch)
         ]
-        return (images, mask), targets
+        return data[next(it) % n_batches], targets
 
     _reset_memory(device)
-    seconds = _time_steps(
-        _train_step(model, criterion, optimizer, tc, device, make_inputs), steps, warmup, device
+    timing = _time_steps(
+        _train_step(model, criterion, optimizer, tc, device, make_inputs),
+        steps,
+        warmup,
+        device,
+        repeats,
     )
-    n = steps * batch
     return {
-        "image_size": [side, side],
-        "s_per_image": seconds / n,
-        "images_per_s": n / seconds,
+        "image_size": [max(d[0].shape[-2] for d in data), max(d[0].shape[-1] for d in data)],
+        "amp": tc.amp,
+        **fast_path_state(model, device),
+        **_summary(timing, batch),
         "peak_memory_mib": _phase_memory(device),
     }
 
@@ -261,6 +363,9 @@ def run_bench(
     warmup: int = 2,
     data: bool = True,
     data_seconds: float = 2.0,
+    repeats: int = 1,
+    aspect: float = 1.0,
+    finetune: bool = True,
 ) -> dict:
     """All measurements as one JSON-ready dict (see the module docstring).
 
@@ -269,6 +374,10 @@ def run_bench(
     device = torch.device(device)
     if steps < 1 or warmup < 0:
         raise ValueError(f"bench: steps must be >= 1 and warmup >= 0 (got {steps}, {warmup})")
+    if repeats < 1:
+        raise ValueError(f"bench: repeats must be >= 1, not {repeats}")
+    if not aspect >= 1.0:
+        raise ValueError(f"bench: aspect (width/height of the photos) must be >= 1, not {aspect}")
     batch = batch or min(cfg.pretrain.batch_size, 8)
     if batch < 1:
         raise ValueError(f"bench: --batch must be >= 1, not {batch}")
@@ -280,16 +389,19 @@ def run_bench(
         "batch": batch,
         "steps": steps,
         "warmup": warmup,
+        "repeats": repeats,
+        "aspect": aspect,
         "num_queries": cfg.model.num_queries,
         "num_patches": cfg.pretext.num_patches,
-        "pretext": bench_pretext(cfg, device, batch, steps, warmup),
-        "finetune": bench_finetune(cfg, device, batch, steps, warmup),
+        "pretext": bench_pretext(cfg, device, batch, steps, warmup, repeats, aspect),
         "matcher": bench_matcher(cfg, device, batch),
     }
+    if finetune:
+        report["finetune"] = bench_finetune(cfg, device, batch, steps, warmup, repeats, aspect)
     if data:
         report["data"] = bench_data(cfg, data_seconds)
     report["peak_memory_mib"] = max(
-        report["pretext"]["peak_memory_mib"], report["finetune"]["peak_memory_mib"]
+        report[k]["peak_memory_mib"] for k in ("pretext", "finetune") if k in report
     )
     report["peak_memory_source"] = (
         "torch.cuda.max_memory_allocated" if device.type == "cuda" else "getrusage ru_maxrss"
@@ -299,17 +411,31 @@ def run_bench(
 
 def format_report(r: dict) -> str:
     """A few readable lines of a run_bench report."""
-    hw = r["hardware"]
+    hw, pt = r["hardware"], r["pretext"]
+
+    def path(x: dict) -> str:
+        cnn = "frozen" if x["frozen_cnn"] else "trainable"
+        fast = ("on, bf16" if x["cnn_bf16"] else "on, fp32") if x["fast_cnn"] else "off"
+        return f"CNN {cnn}, fast path {fast}, amp {'on' if x['amp'] else 'off'}"
+
     lines = [
         f"{r['preset']} on {r['device']}: {hw['gpu'] or hw['cpu']} "
-        f"({hw['cpu_count']} CPUs, {hw['torch_threads']} torch threads), batch {r['batch']}",
-        f"pretext training: {r['pretext']['images_per_s']:.1f} images/s "
-        f"({1000 * r['pretext']['s_per_image']:.1f} ms/image, {r['pretext']['image_size'][0]} px, "
-        f"M={r['num_patches']}, N={r['num_queries']})",
-        f"fine-tuning: {r['finetune']['images_per_s']:.1f} images/s "
-        f"({r['finetune']['image_size'][0]} px)",
-        f"Hungarian matcher: {r['matcher']['ms_per_image']:.3f} ms/image",
+        f"({hw['cpu_count']} CPUs, {hw['torch_threads']} torch threads), batch {r['batch']}, "
+        f"median of {r['repeats']} x {r['steps']} steps",
+        f"pretext training: {pt['images_per_s']:.2f} images/s, {pt['s_per_iteration']:.3f} "
+        f"s/iteration, forward {100 * pt['forward_share']:.0f}% "
+        f"({pt['backbone']}, {pt['transformer']}, images up to {pt['image_size'][0]}x"
+        f"{pt['image_size'][1]} px, M={r['num_patches']} {pt['patch_feature']} patches, "
+        f"N={r['num_queries']}; {path(pt)}; peak {pt['peak_memory_mib']:.0f} MiB)",
     ]
+    if "finetune" in r:
+        ft = r["finetune"]
+        lines.append(
+            f"fine-tuning: {ft['images_per_s']:.2f} images/s, {ft['s_per_iteration']:.3f} "
+            f"s/iteration, forward {100 * ft['forward_share']:.0f}% (images up to "
+            f"{ft['image_size'][0]}x{ft['image_size'][1]} px; {path(ft)})"
+        )
+    lines.append(f"Hungarian matcher: {r['matcher']['ms_per_image']:.3f} ms/image")
     if "data" in r:
         lines.append(
             f"data pipeline: {r['data']['samples_per_s_per_worker']:.1f} samples/s per worker "

@@ -313,6 +313,9 @@ def cmd_bench(args) -> int:
         steps=args.steps,
         warmup=args.warmup,
         data=not args.no_data,
+        repeats=args.repeats,
+        aspect=args.aspect,
+        finetune=not args.no_finetune,
     )
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -405,6 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=5, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before")
     p.add_argument("--no-data", action="store_true", help="skip the data pipeline")
+    p.add_argument("--repeats", type=int, default=3, help="timed blocks; the median is reported")
+    p.add_argument(
+        "--aspect", type=float, default=1.0, help="width/height of the random images (4:3: 1.333)"
+    )
+    p.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning step")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -4,7 +4,8 @@ When no CNN weight trains (the paper's frozen CNN during pre-training, or
 ``lr_backbone == 0``), the CNN needs no autograd graph and its frozen BatchNorm is an
 affine map that folds into the convolution before it. This module builds that folded
 copy, in channels_last memory format, run under ``torch.no_grad`` and, where the CPU
-has bf16 instructions (or on CUDA), under bf16 autocast. ``tests/test_fastpath.py``
+has bf16 instructions (or on CUDA), in bf16 (a bf16 copy of the folded weights: the numbers
+of bf16 autocast without casting every weight on every call). ``tests/test_fastpath.py``
 states how close it stays to the plain fp32 path.
 """
 
@@ -80,6 +81,13 @@ class FrozenCNN(nn.Module):
         for p in self.cnn.parameters():
             p.requires_grad_(False)
         self.bf16 = bf16
+        # a bf16 copy of the folded weights, made at the first bf16 call: autocast would cast
+        # every weight again on every call (it caches casts only for weights that need grad)
+        self._bf16_cnn: dict[torch.device, nn.Module] = {}  # not a submodule: not in state_dict
+
+    def _apply(self, fn, recurse=True):  # .to(device) / .float(): drop the stale bf16 copy
+        self._bf16_cnn = {}
+        return super()._apply(fn, recurse)
 
     def train(self, mode: bool = True):  # always inference: dropout-free, BN folded
         return super().train(False)
@@ -87,9 +95,15 @@ class FrozenCNN(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         use_bf16 = bf16_supported(x.device) if self.bf16 is None else self.bf16
-        x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = self.cnn(x)
+        cnn = self.cnn
+        if use_bf16:
+            if x.device not in self._bf16_cnn:
+                self._bf16_cnn[x.device] = copy.deepcopy(self.cnn).to(torch.bfloat16)
+            cnn, x = self._bf16_cnn[x.device], x.to(torch.bfloat16)
+        # all in bf16 (weights, activations), as autocast would run the convolutions; the
+        # in-between ops (ReLU, residual add, max pool) in bf16 too, as under autocast
+        with torch.autocast(x.device.type, enabled=False):
+            out = cnn(x.contiguous(memory_format=torch.channels_last))
         if isinstance(out, dict):
             return {k: v.float().contiguous() for k, v in out.items()}
         return out.float().contiguous()
