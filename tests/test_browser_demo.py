@@ -1,0 +1,184 @@
+"""The patch-localization demo as a person uses it: JupyterLab in headless Chromium, run all
+cells, move a query-patch slider, and the predicted box shown on the page changes.
+
+Needs Debian's /usr/bin/chromium (test.sh installs it where it can); without it the test is
+skipped with that reason. No browser is ever downloaded. The notebook reads
+UPDETR_DEMO_SMOKE=1 and UPDETR_DEMO_CHECKPOINT: a tiny checkpoint the test trains first.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from updetr_lite.notebook_checks import project_root
+
+CHROMIUM = "/usr/bin/chromium"
+NOTEBOOK = "06_patch_localization_demo.ipynb"
+ROOT = project_root()
+
+pytestmark = pytest.mark.browser
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(tmp_path):
+    """A JupyterLab server on a free localhost port serving a copy of the demo notebook (so
+    autosave never touches the repository); yields (url, out_dir)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium; test.sh does it as root)")
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    nb_dir, out = tmp_path / "nb", tmp_path / "out"
+    nb_dir.mkdir()
+    out.mkdir()
+    shutil.copy(ROOT / "notebooks" / NOTEBOOK, nb_dir / NOTEBOOK)
+    # a tiny checkpoint, trained here in seconds: the notebook finds it and skips training
+    # (tests/test_notebooks.py checks the localization quality of the smoke checkpoint)
+    from updetr_lite import demo
+
+    checkpoint = demo.ensure_lite_checkpoint(
+        tmp_path / "demo_tiny.pth", smoke=True, steps=300, progress=False
+    )
+    port, token = _free_port(), "updetr-demo-test"
+    j = tmp_path / "jupyter"
+    env = {
+        **os.environ,
+        "UPDETR_DEMO_SMOKE": "1",
+        "UPDETR_DEMO_CHECKPOINT": str(checkpoint),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "JUPYTER_CONFIG_DIR": str(j / "config"),
+        "JUPYTER_DATA_DIR": str(j / "data"),
+        "JUPYTER_RUNTIME_DIR": str(j / "runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(j / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(j / "workspaces"),
+        "IPYTHONDIR": str(j / "ipython"),
+        "MPLCONFIGDIR": str(j / "matplotlib"),
+    }
+    env.pop("MPLBACKEND", None)  # the kernel's inline backend draws into the page
+    cmd = [
+        sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
+        f"--port={port}", "--ip=127.0.0.1", f"--IdentityProvider.token={token}",
+        f"--notebook-dir={nb_dir}", "--ServerApp.port_retries=0",
+    ]  # fmt: skip
+    log = open(out / "jupyterlab.log", "w")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.time() > deadline:
+                    log.flush()
+                    pytest.fail(
+                        f"JupyterLab did not start: {(out / 'jupyterlab.log').read_text()[-2000:]}"
+                    )
+                time.sleep(0.5)
+        yield f"{url}/lab/tree/{NOTEBOOK}?token={token}", out
+    finally:
+        server.send_signal(signal.SIGINT)  # jupyter asks for confirmation on one SIGINT
+        time.sleep(0.3)
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def _boxes_text(page) -> str:
+    return page.locator(".updetr-demo-boxes textarea").input_value()
+
+
+def test_demo_in_a_real_browser(lab):
+    from playwright.sync_api import sync_playwright
+
+    url, out = lab
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        try:
+            page.goto(url)
+            page.locator(".jp-Notebook").first.wait_for(timeout=60_000)
+            # wait until the kernel is connected and idle, then Run > Run All Cells (retried
+            # once if no cell starts: a click before the session is ready is dropped)
+            page.get_by_text(re.compile(r"updetr-lite\) \| Idle")).wait_for(timeout=90_000)
+            for attempt in range(2):
+                page.get_by_role("menuitem", name="Run", exact=True).click()
+                page.get_by_text("Run All Cells", exact=True).click()
+                try:
+                    page.wait_for_function(
+                        "() => [...document.querySelectorAll('.jp-InputPrompt')]"
+                        ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))",
+                        timeout=15_000,
+                    )
+                    break
+                except Exception:
+                    if attempt:
+                        raise
+            boxes = page.locator(".updetr-demo-boxes textarea")
+            boxes.wait_for(timeout=90_000)
+            page.wait_for_function(
+                "() => { const t = document.querySelector('.updetr-demo-boxes textarea');"
+                " return t && t.value.includes('predicted'); }",
+                timeout=30_000,
+            )
+            before = _boxes_text(page)
+            page.screenshot(path=str(out / "demo_before.png"), full_page=True)
+            # move query patch 0 to the right with the keyboard on the x slider
+            handle = page.locator(".updetr-demo-x0 .noUi-handle").first
+            handle.scroll_into_view_if_needed()
+            handle.focus()
+            for _ in range(40):
+                handle.press("ArrowRight")
+            page.wait_for_function(
+                "(old) => document.querySelector('.updetr-demo-boxes textarea').value !== old",
+                arg=before,
+                timeout=30_000,
+            )
+            after = _boxes_text(page)
+            page.screenshot(path=str(out / "demo_after.png"), full_page=True)
+            # the query box moved by the slider, and so did the prediction shown
+            q_before = re.search(r"patch 0: query \[([^\]]+)\] -> predicted \[([^\]]+)\]", before)
+            q_after = re.search(r"patch 0: query \[([^\]]+)\] -> predicted \[([^\]]+)\]", after)
+            assert q_before and q_after, after
+            x_before = float(q_before.group(1).split(",")[0])
+            x_after = float(q_after.group(1).split(",")[0])
+            assert x_after > x_before, (before, after)
+            assert q_before.group(2) != q_after.group(2), (before, after)
+            body = page.inner_text("body")
+            for bad in ("Error displaying widget", "Traceback", "model not found"):
+                assert bad not in body, f"{bad!r} on the page (see {out})"
+        except Exception:
+            page.screenshot(path=str(out / "demo_failure.png"), full_page=True)
+            raise
+        finally:
+            browser.close()
