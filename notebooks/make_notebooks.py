@@ -107,12 +107,17 @@ pixels, then the top-left corner uniformly where the box fits. Any aspect ratio 
 and patches may overlap. The boxes are taken on the full-resolution image.
 """),
             code("""
+from updetr_lite.data.build import build_pretext_dataset
+from updetr_lite.data.pretext import collate_pretext, sample_patch_boxes
+
+dataset = build_pretext_dataset(cfg)  # the embedded unlabeled images
 photos = demo.demo_photos()
 name, photo = next(iter(photos.items()))
 h, w = photo.shape[:2]
-rng = random.Random(SEED)
-boxes = demo.sample_patch_boxes(h, w, M, min_patch, rng)  # [M, 4] cxcywh normalised
-boxes_px = viz.cxcywh_to_pixel_xyxy(boxes, (h, w))
+generator = torch.Generator().manual_seed(SEED)
+# the dataset's own recipe, applied to the photo: boxes, crops, augmentation, resize
+image, target, patches = dataset.make_sample(torch.from_numpy(photo).permute(2, 0, 1).contiguous(), 0, generator)
+boxes_px = viz.cxcywh_to_pixel_xyxy(target["boxes"], (h, w))
 viz.show_image(photo, boxes_px, [f"patch {i}" for i in range(M)], title=f"{name}: {M} random query patches")
 plt.show()
 """),
@@ -123,16 +128,15 @@ Each crop is resized to `p x p`. During pre-training it is then colour-augmented
 SimCLR: colour jitter (brightness, contrast, saturation 0.4, hue 0.1) with probability 0.8,
 grayscale with probability 0.2 and a Gaussian blur with probability 0.5. There is **no
 flip**: the authors found it makes the pretext too hard. The augmentation makes the model
-match the patch by content, not by exact pixel colours.
+match the patch by content, not by exact pixel colours. Top row: the plain crops; bottom
+row: what the dataset gave the model.
 """),
             code("""
 clean = demo.query_patches(photo, boxes_px, p, augment=False)
-torch.manual_seed(SEED)
-augmented = demo.query_patches(photo, boxes_px, p, augment=True)
-viz.patch_gallery(torch.cat([clean, augmented]), [f"patch {i}" for i in range(M)] + [f"augmented {i}" for i in range(M)], ncols=M)
+viz.patch_gallery(torch.cat([clean, patches]), [f"patch {i}" for i in range(M)] + [f"augmented {i}" for i in range(M)], ncols=M)
 plt.show()
-results["patch_shape"] = list(clean.shape)
-results["augmentation_changed_pixels"] = float((clean - augmented).abs().mean())
+results["patch_shape"] = list(patches.shape)
+results["augmentation_changed_pixels"] = float((clean - patches).abs().mean())
 """),
             md("""
 ## How sizes and positions are distributed
@@ -141,10 +145,9 @@ Drawing many boxes shows the rule: widths and heights are flat between their lim
 while centres pile up in the middle of the image (a large box can only sit near the centre).
 """),
             code("""
-many = torch.cat([demo.sample_patch_boxes(h, w, M, min_patch, rng) for _ in range(NUM_SAMPLES // M if not SMOKE else 20)])
-px = viz.cxcywh_to_pixel_xyxy(many, (h, w))
-widths, heights = (px[:, 2] - px[:, 0]), (px[:, 3] - px[:, 1])
-viz.plot_histograms({"width (px)": widths, "height (px)": heights, "centre x / w": many[:, 0], "centre y / h": many[:, 1]})
+px = torch.cat([sample_patch_boxes(h, w, M, min_patch, generator) for _ in range(20 if SMOKE else NUM_SAMPLES // M)])
+widths, heights = px[:, 2] - px[:, 0], px[:, 3] - px[:, 1]
+viz.plot_histograms({"width (px)": widths, "height (px)": heights, "centre x / w": (px[:, 0] + px[:, 2]) / 2 / w, "centre y / h": (px[:, 1] + px[:, 3]) / 2 / h})
 plt.show()
 results["width_min"], results["width_max"] = float(widths.min()), float(widths.max())
 results["height_min"], results["height_max"] = float(heights.min()), float(heights.max())
@@ -164,10 +167,6 @@ every image of an unlabeled folder, and `collate_pretext` pads a batch:
   ("this is the query patch").
 """),
             code("""
-from updetr_lite.data.build import build_pretext_dataset
-from updetr_lite.data.pretext import collate_pretext
-
-dataset = build_pretext_dataset(cfg)
 batch = collate_pretext([dataset[i] for i in range(2)])
 images, mask, targets, patches = batch
 print("images ", tuple(images.shape), images.dtype)
@@ -718,6 +717,8 @@ check = demo.DemoState(model, cfg, train_photo, [fixed_box])
 demo.static_demo_figure(check)
 plt.show()
 print(check.summary())
+if not SMOKE and not AUTHORS_CHECKPOINT:  # the lite checkpoint must find its training patch
+    assert results["iou_fixed_patch"] > 0.5, f"IoU {results['iou_fixed_patch']:.3f} <= 0.5"
 """),
             code(record("06_patch_localization_demo")),
         ]
