@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 
 import matplotlib
@@ -396,3 +397,23 @@ def test_notebook_config_anchors_the_cache(tmp_path):
     assert notebook_checks.notebook_config("smoke", cache_dir=tmp_path).data.cache_dir == str(
         tmp_path
     )
+
+
+def test_notebook_html_rendering_and_environment(tmp_path):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook, new_output
+
+    from updetr_lite import notebooks
+
+    nb = new_notebook(cells=[new_code_cell("print('hello patches')")])
+    nb.cells[0].outputs = [new_output("stream", name="stdout", text="hello patches\n")]
+    path = tmp_path / "x.ipynb"
+    nbformat.write(nb, path)
+    html = notebooks.to_html(path, tmp_path / "html")
+    assert html.name == "x.html" and "hello patches" in html.read_text()
+    env = notebooks.notebook_env(tmp_path / "c")
+    assert env["MPLBACKEND"] == "Agg" and env["IPYTHONDIR"].startswith(str(tmp_path))
+    assert str(notebook_checks.project_root()) in env["PYTHONPATH"].split(os.pathsep)
+    assert "MPLBACKEND" not in notebooks.notebook_env(tmp_path / "c", agg=False)
+    with pytest.raises(FileNotFoundError, match="notebook not found"):
+        notebooks.execute_notebook("99_missing", tmp_path)
