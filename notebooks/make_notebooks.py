@@ -477,6 +477,8 @@ for flag in (True, False):
     cfg = nc.notebook_config(PRESET, [
         f"pretext.attention_mask={flag}", f"pretrain.max_steps={steps}", "pretrain.epochs=100000",
         f"pretrain.log_every={1 if SMOKE else 10}", f"pretrain.seed={SEED}",
+        # the mask acts from the second decoder layer on (notebook 2): smoke needs two
+        *(["model.dec_layers=2"] if SMOKE else []),
     ])
     runs[flag] = train(cfg, "pretrain", out)
     print("with mask" if flag else "without mask", "->", out)
@@ -502,6 +504,9 @@ for flag, recs in logs.items():
     results[f"{key}_loss_first"], results[f"{key}_loss_last"] = values[0], values[-1]
     results[f"{key}_loss_fell"] = nc.loss_fell(values)
     results[f"{key}_records"] = len(values)
+_, with_mask = viz.series(logs[True], "loss")
+_, without_mask = viz.series(logs[False], "loss")
+results["max_loss_difference"] = max(abs(a - b) for a, b in zip(with_mask, without_mask))
 """),
             md("""
 ## Where does the pre-trained model find the query patches?

@@ -121,6 +121,7 @@ def test_04_pretraining_loss_falls(shared):
     for key in ("with_mask", "without_mask"):
         assert r[f"{key}_records"] >= 10
         assert r[f"{key}_loss_fell"], (r[f"{key}_loss_first"], r[f"{key}_loss_last"])
+    assert r["max_loss_difference"] > 0  # the mask changed the training
     assert 0 <= r["mean_iou_after_training"] <= 1
 
 
