@@ -151,7 +151,7 @@ def plot_attention_mask(mask, ax=None, title: str | None = None):
     m = torch.as_tensor(mask, dtype=torch.float32)
     allowed = torch.isfinite(m).numpy()
     ax = _axes(ax, (4, 4))
-    ax.imshow(allowed, cmap="Blues", vmin=-0.3, vmax=1.0, interpolation="nearest")
+    ax.imshow(allowed, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     n = allowed.shape[0]
     # group borders: rows whose allowed pattern differs from the previous row
     for i in range(1, n):
