@@ -267,6 +267,7 @@ ax.bar(x - 0.3, [r["own"] for r in influence[True]], 0.2, label="own group, mask
 ax.bar(x - 0.1, [r["others"] for r in influence[True]], 0.2, label="other groups, mask on")
 ax.bar(x + 0.1, [r["own"] for r in influence[False]], 0.2, label="own group, mask off")
 ax.bar(x + 0.3, [r["others"] for r in influence[False]], 0.2, label="other groups, mask off")
+ax.set_xticks(x)
 ax.set_xlabel("moved query patch"); ax.set_ylabel("max |change| of outputs"); ax.legend(fontsize=7)
 plt.show()
 results["masked_others_max"] = max(r["others"] for r in influence[True])
