@@ -4,7 +4,10 @@ Measured, each on random tensors of the preset's image size (no disk, no augment
 
 - pretext training: one optimizer step of UP-DETR on B images with M query patches each
   (forward, loss with the Hungarian matching, backward, gradient clipping, AdamW step);
-  seconds per image and images per second, ``warmup`` steps excluded;
+  seconds per iteration and per image, images per second, the share of forward + loss,
+  ``warmup`` steps excluded; ``repeats`` blocks of ``steps`` steps, the median block reported
+  (and the fastest, and every block: other jobs on a shared machine slow some blocks down);
+  whether the frozen CNN really ran the fast path, in bf16, and whether amp was on;
 - fine-tuning: the same for DETR on B images with a few random boxes each;
 - the data pipeline: pretext samples per second of one process (= one loader worker,
   ``data.bench.pretext_throughput``; the embedded images when the preset has no local data);
@@ -12,10 +15,15 @@ Measured, each on random tensors of the preset's image size (no disk, no augment
 - peak memory: the process's RSS high-water mark (``resource.getrusage``) on CPU, or
   ``torch.cuda.max_memory_allocated`` per phase on CUDA, in MiB.
 
-Training images are squares of the preset's pre-training (``max(pretext_scales)``) and
-fine-tuning (``max(scales)``) short side, capped at the max size; the step runs the full
-model on images (no cached features), with the preset's frozen/trainable CNN, fast path and
-bf16 autocast settings.
+Training images are multi-scale as the data pipeline leaves them: per image a shortest side
+drawn from ``data.pretext_scales`` (fine-tuning: ``data.scales``), a width ``aspect`` times
+the height (1: squares; 4/3: a typical photo), scaled down so that the longest side is at most
+``pretext_max_size`` (``max_size``), zero padded to the largest in the batch with the padding
+mask set, as the collate does. Query patches are random ``patch_size`` squares (patch feature
+``'crop'``: the CNN runs on them every step). The step runs the full model on images (no
+cached features), with the preset's frozen/trainable CNN, fast path and bf16 autocast
+(``TrainConfig.amp``) settings. Inputs are made before the clock starts. CUDA: each step is
+synchronised before reading the clock; memory is ``max_memory_allocated`` per phase.
 """
 
 from __future__ import annotations
@@ -152,6 +160,8 @@ def _summary(timing: dict, batch: int) -> dict:
         "images_per_s": batch / s,
         "forward_s_per_iteration": timing["forward_s_per_iteration"],
         "forward_share": timing["forward_s_per_iteration"] / s,
+        # the fastest block: the least disturbed by other jobs on a shared machine
+        "s_per_iteration_best": min(timing["s_per_iteration_blocks"]),
         "s_per_iteration_blocks": timing["s_per_iteration_blocks"],
     }
 
