@@ -658,7 +658,7 @@ are your query patches, solid boxes the model's answer with its confidence. This
 paper's Figure 5 (unsupervised localization of query patches), live.
 
 **Checkpoint.** By default the kit's lite pretext checkpoint, trained on first use on the
-embedded photos (a progress bar shows it; a few minutes on a laptop CPU; then cached in
+embedded photos (a progress bar shows it: 1500 steps, roughly 15 minutes on 2 CPU cores; then cached in
 `.cache/updetr_lite/demo/`). To use the authors' UP-DETR checkpoint
 (`up-detr-pre-training-60ep-imagenet.pth`, ResNet-50, downloaded by you), set
 `AUTHORS_CHECKPOINT` to its local path. Nothing is downloaded by the kit.

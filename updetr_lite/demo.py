@@ -337,7 +337,7 @@ def ensure_lite_checkpoint(
         return p
     cfg = demo_config(smoke)
     photos = demo_photos(smoke)
-    steps = steps or (800 if smoke else 3000)
+    steps = steps or (800 if smoke else 1500)
     train_demo_checkpoint(
         cfg,
         list(photos.values()),
