@@ -247,8 +247,14 @@ def train_demo_checkpoint(
     with torch.no_grad():
         model.eval()
         for i, img in enumerate(images):
-            views = [img] + [
-                augment_image(img, seed * 1000 + i * 10 + a) for a in range(augmented_copies)
+            # augment at the model's input size: blurring a full-size photo is slow
+            x, _ = prepare_image(img, size, max_size)
+            small = TF.resize(
+                torch.from_numpy(as_uint8_image(img)).permute(2, 0, 1), list(x.shape[-2:])
+            )
+            small = small.permute(1, 2, 0).numpy()
+            views = [small] + [
+                augment_image(small, seed * 1000 + i * 10 + a) for a in range(augmented_copies)
             ]
             feats = []
             for v in views:
