@@ -20,13 +20,14 @@ from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 HERE = Path(__file__).resolve().parent
 KERNELSPEC = {"name": "updetr-lite", "display_name": "Python (updetr-lite)", "language": "python"}
 
-SETUP = """\
-import random
-from pathlib import Path
 
-import matplotlib.pyplot as plt
-import numpy as np
-import torch
+def setup(numpy: bool = False, path: bool = False) -> str:
+    """The first code cell after the parameters: imports (only those the notebook uses), seeds."""
+    std = "import random\n" + ("from pathlib import Path\n" if path else "")
+    third = "import matplotlib.pyplot as plt\n" + ("import numpy as np\n" if numpy else "")
+    return f"""\
+{std}
+{third}import torch
 
 from updetr_lite import demo, viz
 from updetr_lite import notebook_checks as nc
@@ -34,7 +35,7 @@ from updetr_lite import notebook_checks as nc
 torch.manual_seed(SEED)
 random.seed(SEED)
 PRESET = "smoke" if SMOKE else "lite"
-results = {}"""
+results = {{}}"""
 
 
 def md(text: str):
@@ -92,12 +93,12 @@ RESULTS_DIR = "results"  # where the checkable values are written (JSON)
 SEED = 0
 NUM_SAMPLES = 400  # patch boxes drawn for the histograms
 """),
-            code(SETUP),
+            code(setup()),
             code("""
 cfg = nc.notebook_config(PRESET)
 M, p, min_patch = cfg.pretext.num_patches, cfg.pretext.patch_size, cfg.pretext.min_patch
 print(f"M = {M} query patches per image, resized to {p}x{p}; sides >= {min_patch} px")
-print(f"(the paper: M = 10, 128x128, sides in [8, side - 8] px)")
+print("(the paper: M = 10, 128x128, sides in [8, side - 8] px)")
 """),
             md("""
 ## The crop boxes
@@ -116,9 +117,13 @@ name, photo = next(iter(photos.items()))
 h, w = photo.shape[:2]
 generator = torch.Generator().manual_seed(SEED)
 # the dataset's own recipe, applied to the photo: boxes, crops, augmentation, resize
-image, target, patches = dataset.make_sample(torch.from_numpy(photo).permute(2, 0, 1).contiguous(), 0, generator)
+image, target, patches = dataset.make_sample(
+    torch.from_numpy(photo).permute(2, 0, 1).contiguous(), 0, generator
+)
 boxes_px = viz.cxcywh_to_pixel_xyxy(target["boxes"], (h, w))
-viz.show_image(photo, boxes_px, [f"patch {i}" for i in range(M)], title=f"{name}: {M} random query patches")
+viz.show_image(
+    photo, boxes_px, [f"patch {i}" for i in range(M)], title=f"{name}: {M} random query patches"
+)
 plt.show()
 """),
             md("""
@@ -133,7 +138,11 @@ row: what the dataset gave the model.
 """),
             code("""
 clean = demo.query_patches(photo, boxes_px, p, augment=False)
-viz.patch_gallery(torch.cat([clean, patches]), [f"patch {i}" for i in range(M)] + [f"augmented {i}" for i in range(M)], ncols=M)
+viz.patch_gallery(
+    torch.cat([clean, patches]),
+    [f"patch {i}" for i in range(M)] + [f"augmented {i}" for i in range(M)],
+    ncols=M,
+)
 plt.show()
 results["patch_shape"] = list(patches.shape)
 results["augmentation_changed_pixels"] = float((clean - patches).abs().mean())
@@ -145,9 +154,21 @@ Drawing many boxes shows the rule: widths and heights are flat between their lim
 while centres pile up in the middle of the image (a large box can only sit near the centre).
 """),
             code("""
-px = torch.cat([sample_patch_boxes(h, w, M, min_patch, generator) for _ in range(20 if SMOKE else NUM_SAMPLES // M)])
+px = torch.cat(
+    [
+        sample_patch_boxes(h, w, M, min_patch, generator)
+        for _ in range(20 if SMOKE else NUM_SAMPLES // M)
+    ]
+)
 widths, heights = px[:, 2] - px[:, 0], px[:, 3] - px[:, 1]
-viz.plot_histograms({"width (px)": widths, "height (px)": heights, "centre x / w": (px[:, 0] + px[:, 2]) / 2 / w, "centre y / h": (px[:, 1] + px[:, 3]) / 2 / h})
+viz.plot_histograms(
+    {
+        "width (px)": widths,
+        "height (px)": heights,
+        "centre x / w": (px[:, 0] + px[:, 2]) / 2 / w,
+        "centre y / h": (px[:, 1] + px[:, 3]) / 2 / h,
+    }
+)
 plt.show()
 results["width_min"], results["width_max"] = float(widths.min()), float(widths.max())
 results["height_min"], results["height_max"] = float(heights.min()), float(heights.max())
@@ -179,9 +200,17 @@ results["target_boxes"] = list(targets[0]["boxes"].shape)
 results["target_labels"] = targets[0]["labels"].tolist()
 results["num_patches"] = M
 results["patch_size"] = p
-results["targets_in_unit_square"] = bool(all(((t["boxes"] >= 0) & (t["boxes"] <= 1)).all() for t in targets))
+results["targets_in_unit_square"] = bool(
+    all(((t["boxes"] >= 0) & (t["boxes"] <= 1)).all() for t in targets)
+)
 ih, iw = images.shape[-2:]
-viz.show_image(images[0], viz.cxcywh_to_pixel_xyxy(targets[0]["boxes"], (int((~mask[0]).any(1).sum()), int((~mask[0]).any(0).sum()))), title="a training image and its query patch boxes")
+viz.show_image(
+    images[0],
+    viz.cxcywh_to_pixel_xyxy(
+        targets[0]["boxes"], (int((~mask[0]).any(1).sum()), int((~mask[0]).any(0).sum()))
+    ),
+    title="a training image and its query patch boxes",
+)
 plt.show()
 viz.patch_gallery(patches[0], [f"query patch {i}" for i in range(M)])
 plt.show()
@@ -216,7 +245,7 @@ SMOKE = False
 RESULTS_DIR = "results"
 SEED = 0
 """),
-            code(SETUP),
+            code(setup(numpy=True)),
             code("""
 from updetr_lite.models import build_updetr, group_attention_mask
 
@@ -255,7 +284,9 @@ photo = next(iter(demo.demo_photos().values()))
 images, mask = demo.prepare_image(photo, max(cfg.data.pretext_scales), cfg.data.pretext_max_size)
 with torch.no_grad():
     features, fmask = model.backbone(images, mask)
-patch_boxes = demo.sample_patch_boxes(*photo.shape[:2], M, cfg.pretext.min_patch, random.Random(SEED))[None]
+patch_boxes = demo.sample_patch_boxes(
+    *photo.shape[:2], M, cfg.pretext.min_patch, random.Random(SEED)
+)[None]
 influence = {}
 for flag in (True, False):
     model.attention_mask = flag
@@ -268,7 +299,9 @@ ax.bar(x - 0.1, [r["others"] for r in influence[True]], 0.2, label="other groups
 ax.bar(x + 0.1, [r["own"] for r in influence[False]], 0.2, label="own group, mask off")
 ax.bar(x + 0.3, [r["others"] for r in influence[False]], 0.2, label="other groups, mask off")
 ax.set_xticks(x)
-ax.set_xlabel("moved query patch"); ax.set_ylabel("max |change| of outputs"); ax.legend(fontsize=7)
+ax.set_xlabel("moved query patch")
+ax.set_ylabel("max |change| of outputs")
+ax.legend(fontsize=7)
 plt.show()
 results["masked_others_max"] = max(r["others"] for r in influence[True])
 results["masked_own_min"] = min(r["own"] for r in influence[True])
@@ -291,7 +324,9 @@ for row, perm in enumerate(perms):
     served[row, perm] = torch.arange(N) // n  # embedding perm[j] serves group j // n
 fig, ax = plt.subplots(figsize=(8, 2.2))
 ax.imshow(served, cmap="tab10", vmin=0, vmax=9, aspect="auto", interpolation="nearest")
-ax.set_xlabel("object query embedding"); ax.set_ylabel("forward pass"); ax.set_title("group served by each embedding (colour)")
+ax.set_xlabel("object query embedding")
+ax.set_ylabel("forward pass")
+ax.set_title("group served by each embedding (colour)")
 plt.show()
 """),
             md("""
@@ -307,7 +342,13 @@ model.query_shuffle = False
 for module in model.modules():  # keep the transformer's own dropout out of the way
     if isinstance(module, torch.nn.Dropout):
         module.eval()
-frac = nc.dropped_patch_fraction(model, features.expand(8, -1, -1, -1), fmask.expand(8, -1, -1), patch_boxes.expand(8, -1, -1), trials=10)
+frac = nc.dropped_patch_fraction(
+    model,
+    features.expand(8, -1, -1, -1),
+    fmask.expand(8, -1, -1),
+    patch_boxes.expand(8, -1, -1),
+    trials=10,
+)
 model.eval()
 print(f"zeroed copies: {frac:.3f} (setting: {cfg.pretext.patch_dropout})")
 results["patch_dropout_setting"] = cfg.pretext.patch_dropout
@@ -343,7 +384,7 @@ RESULTS_DIR = "results"
 SEED = 0
 CHECKPOINT = ""  # a pretext checkpoint; empty: the demo's lite checkpoint (trained on first use)
 """),
-            code(SETUP),
+            code(setup()),
             code("""
 from updetr_lite.models import HungarianMatcher, build_criterion
 
@@ -366,17 +407,31 @@ Rows are predictions (object queries, in groups of `N/M`), columns are the query
 Red circles mark the assignment that minimises the total.
 """),
             code("""
-terms = nc.cost_terms(outputs["pred_logits"][0], outputs["pred_boxes"][0], targets[0]["labels"], targets[0]["boxes"],
-                      cfg.loss.cost_class, cfg.loss.cost_bbox, cfg.loss.cost_giou)
+terms = nc.cost_terms(
+    outputs["pred_logits"][0],
+    outputs["pred_boxes"][0],
+    targets[0]["labels"],
+    targets[0]["boxes"],
+    cfg.loss.cost_class,
+    cfg.loss.cost_bbox,
+    cfg.loss.cost_giou,
+)
 assignment = nc.global_assignment(terms["total"])
 fig, axes = plt.subplots(1, 4, figsize=(14, 4))
 for ax, key in zip(axes, ("class", "bbox", "giou", "total")):
-    viz.plot_cost_matrix(terms[key], assignment if key == "total" else None, ax, title=f"{key} cost")
+    viz.plot_cost_matrix(
+        terms[key], assignment if key == "total" else None, ax, title=f"{key} cost"
+    )
     for g in range(1, M):
         ax.axhline(g * N // M - 0.5, color="w", linewidth=0.8)
-plt.tight_layout(); plt.show()
-matched = HungarianMatcher(cfg.loss.cost_class, cfg.loss.cost_bbox, cfg.loss.cost_giou)(outputs, targets)[0]
-results["matcher_agrees"] = sorted(zip(*[t.tolist() for t in matched])) == sorted(zip(*[t.tolist() for t in assignment]))
+plt.tight_layout()
+plt.show()
+matched = HungarianMatcher(cfg.loss.cost_class, cfg.loss.cost_bbox, cfg.loss.cost_giou)(
+    outputs, targets
+)[0]
+results["matcher_agrees"] = sorted(zip(*[t.tolist() for t in matched])) == sorted(
+    zip(*[t.tolist() for t in assignment])
+)
 """),
             md("""
 ## Global matching versus per-group matching
@@ -388,7 +443,10 @@ task, the two mostly agree because each group finds its own patch.
 """),
             code("""
 per_group = nc.per_group_assignment(terms["total"], M)
-cost_global, cost_group = nc.assignment_cost(terms["total"], assignment), nc.assignment_cost(terms["total"], per_group)
+cost_global, cost_group = (
+    nc.assignment_cost(terms["total"], assignment),
+    nc.assignment_cost(terms["total"], per_group),
+)
 order = assignment[1].argsort()
 own = [int(r) // (N // M) == int(c) for r, c in zip(assignment[0][order], assignment[1][order])]
 print(f"global assignment:    queries {assignment[0][order].tolist()}  cost {cost_global:.3f}")
@@ -397,7 +455,13 @@ print(f"patches matched inside their own group by global matching: {sum(own)}/{M
 pred_px = viz.cxcywh_to_pixel_xyxy(outputs["pred_boxes"][0], (h, w))
 fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
 for ax, (title, (rows, cols)) in zip(axes, [("global", assignment), ("per group", per_group)]):
-    viz.show_image(photo, viz.cxcywh_to_pixel_xyxy(targets[0]["boxes"], (h, w)), [f"patch {i}" for i in range(M)], ax=ax, linestyle="--")
+    viz.show_image(
+        photo,
+        viz.cxcywh_to_pixel_xyxy(targets[0]["boxes"], (h, w)),
+        [f"patch {i}" for i in range(M)],
+        ax=ax,
+        linestyle="--",
+    )
     viz.draw_boxes(ax, pred_px[rows[cols.argsort()]], [f"q{int(r)}" for r in rows[cols.argsort()]])
     ax.set_title(f"{title} matching: dashed = patch, solid = matched query", fontsize=9)
 plt.show()
@@ -425,7 +489,9 @@ for k, raw, wt, weighted in rows:
 print(f"{'loss (sum)':<14}{'':>17}{float(losses['loss']):>10.4f}")
 print(f"no-object weight: {float(criterion.empty_weight[-1]):.3f} (M/N = {M / N:.3f})")
 fig, ax = plt.subplots(figsize=(7, 3))
-ax.bar([r[0] for r in rows], [r[3] for r in rows]); ax.set_ylabel("weighted loss"); plt.xticks(rotation=60, fontsize=7)
+ax.bar([r[0] for r in rows], [r[3] for r in rows])
+ax.set_ylabel("weighted loss")
+plt.xticks(rotation=60, fontsize=7)
 plt.show()
 results["loss_total"] = float(losses["loss"])
 results["loss_terms_sum"] = sum(r[3] for r in rows)
@@ -463,7 +529,7 @@ SEED = 0
 STEPS = 400  # optimizer steps per run (SMOKE: a few)
 RUN_DIR = ""  # where the runs go; empty: runs/notebooks/04_pretraining
 """),
-            code(SETUP),
+            code(setup(path=True)),
             code("""
 import shutil
 
@@ -475,12 +541,18 @@ runs = {}
 for flag in (True, False):
     out = run_root / ("with_mask" if flag else "without_mask")
     shutil.rmtree(out, ignore_errors=True)  # a fresh run each time the notebook runs
-    cfg = nc.notebook_config(PRESET, [
-        f"pretext.attention_mask={flag}", f"pretrain.max_steps={steps}", "pretrain.epochs=100000",
-        f"pretrain.log_every={1 if SMOKE else 10}", f"pretrain.seed={SEED}",
-        # the mask acts from the second decoder layer on (notebook 2): smoke needs two
-        *(["model.dec_layers=2"] if SMOKE else []),
-    ])
+    cfg = nc.notebook_config(
+        PRESET,
+        [
+            f"pretext.attention_mask={flag}",
+            f"pretrain.max_steps={steps}",
+            "pretrain.epochs=100000",
+            f"pretrain.log_every={1 if SMOKE else 10}",
+            f"pretrain.seed={SEED}",
+            # the mask acts from the second decoder layer on (notebook 2): smoke needs two
+            *(["model.dec_layers=2"] if SMOKE else []),
+        ],
+    )
     runs[flag] = train(cfg, "pretrain", out)
     print("with mask" if flag else "without mask", "->", out)
 """),
@@ -493,11 +565,26 @@ The total loss (all terms, all decoder layers) and its box part, smoothed.
 def train_records(out):
     return [r for r in viz.read_jsonl(Path(out) / "log.jsonl") if r.get("type") == "train"]
 
-logs = {flag: train_records(run_root / ("with_mask" if flag else "without_mask")) for flag in (True, False)}
+
+logs = {
+    flag: train_records(run_root / ("with_mask" if flag else "without_mask"))
+    for flag in (True, False)
+}
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
 window = 3 if SMOKE else 5
-viz.plot_curves({("with" if f else "without") + " mask": viz.series(logs[f], "loss") for f in logs}, axes[0], window=window, title="total loss")
-viz.plot_curves({("with" if f else "without") + " mask": viz.series(logs[f], "loss_bbox") for f in logs}, axes[1], window=window, ylabel="L1 box loss (weighted)", title="box loss")
+viz.plot_curves(
+    {("with" if f else "without") + " mask": viz.series(logs[f], "loss") for f in logs},
+    axes[0],
+    window=window,
+    title="total loss",
+)
+viz.plot_curves(
+    {("with" if f else "without") + " mask": viz.series(logs[f], "loss_bbox") for f in logs},
+    axes[1],
+    window=window,
+    ylabel="L1 box loss (weighted)",
+    title="box loss",
+)
 plt.show()
 for flag, recs in logs.items():
     _, values = viz.series(recs, "loss")
@@ -523,7 +610,9 @@ unlabeled = sorted(f for f in Path(build_embedded(cfg.data).unlabeled).rglob("*"
 image = demo.read_image(unlabeled[0])
 h, w = image.shape[:2]
 k = min(3, model.num_patches)
-query = viz.cxcywh_to_pixel_xyxy(demo.sample_patch_boxes(h, w, k, cfg.pretext.min_patch, random.Random(SEED)), (h, w))
+query = viz.cxcywh_to_pixel_xyxy(
+    demo.sample_patch_boxes(h, w, k, cfg.pretext.min_patch, random.Random(SEED)), (h, w)
+)
 state = demo.DemoState(model, cfg, image, query.round().tolist())
 demo.static_demo_figure(state)
 plt.show()
@@ -563,7 +652,7 @@ PRETRAIN_STEPS = 1000  # pre-training steps (SMOKE: a few)
 FINETUNE_STEPS = 600  # fine-tuning steps per arm
 RUN_DIR = ""  # where the runs go; empty: runs/notebooks/05_finetuning
 """),
-            code(SETUP),
+            code(setup(path=True)),
             code("""
 import shutil
 
@@ -572,10 +661,19 @@ from updetr_lite.engine.train import train
 pre_steps, ft_steps = (20, 16) if SMOKE else (PRETRAIN_STEPS, FINETUNE_STEPS)
 run_root = Path(RUN_DIR) if RUN_DIR else nc.project_root() / "runs" / "notebooks" / "05_finetuning"
 shutil.rmtree(run_root, ignore_errors=True)
-common = [f"pretrain.seed={SEED}", f"finetune.seed={SEED}", "pretrain.epochs=100000", "finetune.epochs=100000"]
-cfg = nc.notebook_config(PRESET, common + [f"pretrain.max_steps={pre_steps}", f"finetune.max_steps={ft_steps}"])
+common = [
+    f"pretrain.seed={SEED}",
+    f"finetune.seed={SEED}",
+    "pretrain.epochs=100000",
+    "finetune.epochs=100000",
+]
+cfg = nc.notebook_config(
+    PRESET, common + [f"pretrain.max_steps={pre_steps}", f"finetune.max_steps={ft_steps}"]
+)
 summaries = {"pretrain": train(cfg, "pretrain", run_root / "pretrain")}
-summaries["updetr"] = train(cfg, "finetune", run_root / "updetr", init=run_root / "pretrain" / "last.pth")
+summaries["updetr"] = train(
+    cfg, "finetune", run_root / "updetr", init=run_root / "pretrain" / "last.pth"
+)
 summaries["scratch"] = train(cfg, "finetune", run_root / "scratch")
 """),
             md("""
@@ -584,10 +682,23 @@ summaries["scratch"] = train(cfg, "finetune", run_root / "scratch")
 COCO-style AP (pycocotools) on the validation split, after each evaluation.
 """),
             code("""
-evals = {arm: [r for r in viz.read_jsonl(run_root / arm / "log.jsonl") if r.get("type") == "eval"] for arm in ("scratch", "updetr")}
+evals = {
+    arm: [r for r in viz.read_jsonl(run_root / arm / "log.jsonl") if r.get("type") == "eval"]
+    for arm in ("scratch", "updetr")
+}
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
-viz.plot_curves({arm: viz.series(recs, "AP") for arm, recs in evals.items()}, axes[0], ylabel="AP", title="AP (IoU .50:.95)")
-viz.plot_curves({arm: viz.series(recs, "AP50") for arm, recs in evals.items()}, axes[1], ylabel="AP50", title="AP50")
+viz.plot_curves(
+    {arm: viz.series(recs, "AP") for arm, recs in evals.items()},
+    axes[0],
+    ylabel="AP",
+    title="AP (IoU .50:.95)",
+)
+viz.plot_curves(
+    {arm: viz.series(recs, "AP50") for arm, recs in evals.items()},
+    axes[1],
+    ylabel="AP50",
+    title="AP50",
+)
 plt.show()
 for arm, recs in evals.items():
     results[f"{arm}_AP"] = recs[-1]["AP"]
@@ -606,14 +717,19 @@ from updetr_lite.engine.inference import load_model, predict_image
 
 paths = build_embedded(cfg.data)
 val_files = sorted(Path(paths.val_images).iterdir())[:3]
-models = {arm: load_model(run_root / arm / "last.pth", kind="detection") for arm in ("scratch", "updetr")}
+models = {
+    arm: load_model(run_root / arm / "last.pth", kind="detection") for arm in ("scratch", "updetr")
+}
 fig, axes = plt.subplots(2, len(val_files), figsize=(3.2 * len(val_files), 6.6), squeeze=False)
 for row, (arm, (m, mcfg)) in enumerate(models.items()):
     for col, f in enumerate(val_files):
         det = predict_image(m, mcfg, str(f), threshold=0.3)
         labels = [f"{int(c)}: {float(s):.2f}" for c, s in zip(det["labels"], det["scores"])]
-        viz.show_image(demo.read_image(f), det["boxes"], labels, ax=axes[row, col], title=f"{arm}: {f.name}")
-plt.tight_layout(); plt.show()
+        viz.show_image(
+            demo.read_image(f), det["boxes"], labels, ax=axes[row, col], title=f"{arm}: {f.name}"
+        )
+plt.tight_layout()
+plt.show()
 """),
             md("""
 ## Decoder attention maps
@@ -633,7 +749,9 @@ scores = out["pred_logits"][0].softmax(-1)[:, :-1].max(-1).values
 top = scores.topk(3).indices
 maps = viz.attention_maps(attention[-1][0], tuple(features.shape[-2:]))[top]
 boxes = viz.cxcywh_to_pixel_xyxy(out["pred_boxes"][0, top], image.shape[:2])
-viz.plot_attention_maps(image, maps, boxes, [f"query {int(q)} ({float(scores[q]):.2f})" for q in top])
+viz.plot_attention_maps(
+    image, maps, boxes, [f"query {int(q)} ({float(scores[q]):.2f})" for q in top]
+)
 plt.show()
 results["attention_layers"] = len(attention)
 results["attention_rows_sum_to_one"] = bool(torch.allclose(attention[-1].sum(-1), torch.ones(1)))
@@ -684,7 +802,9 @@ from updetr_lite import notebook_checks as nc
 # the browser test starts JupyterLab with UPDETR_DEMO_SMOKE=1: a tiny checkpoint
 SMOKE = SMOKE or demo.env_flag("UPDETR_DEMO_SMOKE")
 CHECKPOINT = CHECKPOINT or os.environ.get("UPDETR_DEMO_CHECKPOINT", "")
-checkpoint = demo.ensure_lite_checkpoint(CHECKPOINT or None, smoke=SMOKE, authors_checkpoint=AUTHORS_CHECKPOINT or None)
+checkpoint = demo.ensure_lite_checkpoint(
+    CHECKPOINT or None, smoke=SMOKE, authors_checkpoint=AUTHORS_CHECKPOINT or None
+)
 photos = demo.demo_photos()
 print("checkpoint:", checkpoint)
 print("images:", ", ".join(photos))
@@ -715,7 +835,9 @@ train_photo = next(iter(demo.demo_photos(SMOKE).values()))
 h, w = train_photo.shape[:2]
 fixed_box = [0.3 * w, 0.3 * h, 0.6 * w, 0.6 * h]
 results["iou_fixed_patch"] = demo.training_image_patch_check(model, cfg, train_photo, fixed_box)
-results["iou_fixed_patch_augmented"] = demo.training_image_patch_check(model, cfg, train_photo, fixed_box, augment=True)
+results["iou_fixed_patch_augmented"] = demo.training_image_patch_check(
+    model, cfg, train_photo, fixed_box, augment=True
+)
 results["smoke"] = bool(SMOKE)
 results["authors_checkpoint"] = bool(AUTHORS_CHECKPOINT)
 results["shown_boxes"] = len(state.result["boxes"])
