@@ -150,3 +150,26 @@ def test_06_demo_localizes_a_training_patch(shared):
     # the lite checkpoint (SMOKE=False).
     for key in ("iou_fixed_patch", "iou_fixed_patch_augmented"):
         assert 0 <= r[key] <= 1, r
+
+
+# ------------------------------------------------------------------------------ rendering
+
+
+def test_cli_renders_executed_notebooks_as_html(shared, tmp_path):
+    from updetr_lite.cli import main
+
+    assert main(["notebooks", "--smoke", "--only", "02", "--out", str(tmp_path)]) == 0
+    html = (tmp_path / "html" / "02_multi_query_patches.html").read_text()
+    # the inline backend (not Agg) puts the figures into the page
+    assert html.count("data:image/png;base64") >= 2
+    assert read_results(tmp_path / "results", "02_multi_query_patches")["masked_others_max"] < 1e-6
+    assert not (tmp_path / "html" / "01_random_query_patches.html").exists()
+
+
+def test_cli_notebooks_unknown_prefix_is_one_line_error(capsys):
+    from updetr_lite.cli import main
+
+    assert main(["notebooks", "--only", "09", "--out", "unused"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("updetr-lite: error: --only: no notebook starts with 09")
+    assert "\n" not in err

@@ -9,6 +9,7 @@
     updetr-lite predict   --checkpoint CKPT IMAGE... --out DIR [--threshold 0.5]
     updetr-lite localize  --checkpoint CKPT --image IMG (--patch FILE | --box x0,y0,x1,y1)... --out DIR
     updetr-lite bench     --preset lite|paper --device cpu|cuda [--json]
+    updetr-lite notebooks [--smoke] [--only 01,06] [--out runs/notebooks]  executed copies + HTML
 
 Every command takes ``--preset``, ``--set section.field=value`` (repeatable), ``--out``,
 ``--device`` and ``--debug``. An error prints one line ``updetr-lite: error: ...`` on stderr
@@ -332,6 +333,27 @@ def cmd_main(args) -> int:
     return driver.run_main(args.preset or "lite", args.out or "runs/main", list(args.set))
 
 
+def cmd_notebooks(args) -> int:
+    """Execute the tutorial notebooks headless and render them as HTML for reading."""
+    from . import notebooks as nb
+
+    names = nb.NOTEBOOKS
+    if args.only:
+        wanted = [w.strip() for w in args.only.split(",") if w.strip()]
+        names = tuple(n for n in nb.NOTEBOOKS if any(n.startswith(w) for w in wanted))
+        unknown = [w for w in wanted if not any(n.startswith(w) for n in nb.NOTEBOOKS)]
+        if unknown:
+            raise CLIError(
+                f"--only: no notebook starts with {', '.join(unknown)}; "
+                f"choose from {', '.join(nb.NOTEBOOKS)}"
+            )
+    out = Path(args.out or "runs/notebooks")
+    pages = nb.render_notebooks(out, smoke=args.smoke, names=names)
+    for name, page in pages.items():
+        print(f"{name}: {page}")
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -414,6 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning step")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser(
+        "notebooks", parents=[common], help="run the tutorial notebooks, render them as HTML"
+    )
+    p.add_argument("--smoke", action="store_true", help="tiny settings (minutes, not hours)")
+    p.add_argument("--only", default=None, help="comma-separated prefixes, e.g. 01,06")
+    p.set_defaults(func=cmd_notebooks)
     return parser
 
 
