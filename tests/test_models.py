@@ -262,11 +262,54 @@ def test_transformer_shapes_and_padding():
     assert torch.allclose(hs1, hs2, atol=1e-5)
 
 
+def test_pos_in_values_adds_position_to_cross_attention_values():
+    """pos_in_values=True is DETR's decoder fed memory + pos as its memory and no pos: keys
+    are memory + pos in both, values become memory + pos."""
+    torch.manual_seed(0)
+    t = Transformer(32, 2, 0, 2, 64, 0.0, normalize_before=True, pos_in_values=True).eval()
+    memory, pos = torch.randn(2, 12, 32), torch.randn(2, 12, 32)
+    tgt, query_pos = torch.zeros(2, 5, 32), torch.randn(2, 5, 32)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    with torch.no_grad():
+        got = t.decoder(tgt, memory, None, mask, pos, query_pos)
+        for layer in t.decoder.layers:
+            layer.pos_in_values = False
+        want = t.decoder(tgt, memory + pos, None, mask, None, query_pos)
+        detr_way = t.decoder(tgt, memory, None, mask, pos, query_pos)
+    torch.testing.assert_close(got, want)
+    assert (got - detr_way).abs().max() > 1e-3  # the option changes something
+
+
+def test_no_encoder_layers_memory_is_normalised_input():
+    """enc_layers=0 (lite preset): the memory is the projected CNN map, only LayerNorm'd."""
+    t = Transformer(32, 2, 0, 1, 64, 0.0, normalize_before=True).eval()
+    src, pos = torch.randn(2, 32, 3, 4), torch.randn(2, 32, 3, 4)
+    mask = torch.zeros(2, 3, 4, dtype=torch.bool)
+    with torch.no_grad():
+        _, memory = t(src, mask, torch.randn(2, 5, 32), pos)
+    want = F.layer_norm(src.flatten(2).transpose(1, 2), (32,))  # LayerNorm's init: 1, 0
+    torch.testing.assert_close(memory, want)
+
+
+def test_patch_init_gain_scales_patch_projection_only():
+    def build(gain):
+        cfg = get_config("smoke", [f"pretext.patch_init_gain={gain}"])
+        torch.manual_seed(0)
+        return build_updetr(cfg)
+
+    a, b = build(1.0), build(4.0)
+    torch.testing.assert_close(b.patch_proj.weight, 4 * a.patch_proj.weight)
+    torch.testing.assert_close(b.patch_proj.bias, 4 * a.patch_proj.bias)
+    torch.testing.assert_close(b.query_embed.weight, a.query_embed.weight)
+
+
 @pytest.mark.parametrize(
     "overrides,error,match",
     [
         (["model.num_queries=10", "pretext.num_patches=3"], ConfigError, "divisible"),
         (["model.backbone=resnet7"], ConfigError, "unknown backbone"),
+        (["pretext.patch_init_gain=0.0"], ConfigError, "patch_init_gain"),
+        (["model.enc_layers=-1"], ConfigError, "enc_layers"),
         (
             ["model.backbone_weights=/nonexistent/cnn.pth"],
             FileNotFoundError,

@@ -42,6 +42,9 @@ class ModelConfig:
     dim_feedforward: int = 2048
     dropout: float = 0.1
     pre_norm: bool = True  # the authors' release pre-trains with pre-norm
+    # Lite deviation (models/transformer.py): positions added to the decoder's
+    # cross-attention values as well as its keys, for a transformer without encoder layers
+    pos_in_values: bool = False
     num_queries: int = 100  # N
     num_classes: int = 91  # detection classes for fine-tuning (COCO ids), no-object added
     aux_loss: bool = True
@@ -60,6 +63,9 @@ class PretextConfig:
     #        see ../shared/notes/lite-scale-findings.md).
     patch_feature: str = "crop"
     min_patch: int = 8  # patch sides drawn uniformly in [min_patch, side - min_patch] pixels
+    # Lite deviation: patch_proj's initial weights x this, so that the patch feature, not the
+    # object query, dominates a query at the start of pre-training (1.0: PyTorch's init)
+    patch_init_gain: float = 1.0
 
 
 @dataclass
@@ -149,6 +155,13 @@ class Config:
             )
         if p.patch_feature not in ("crop", "roi"):
             raise ConfigError(f"patch_feature must be 'crop' or 'roi', not {p.patch_feature!r}")
+        if p.patch_init_gain <= 0:
+            raise ConfigError(f"pretext.patch_init_gain must be > 0, not {p.patch_init_gain}")
+        if m.enc_layers < 0 or m.dec_layers < 1:
+            raise ConfigError(
+                f"model.enc_layers must be >= 0 and dec_layers >= 1, not {m.enc_layers}, "
+                f"{m.dec_layers}"
+            )
         if m.hidden_dim % m.nheads:
             raise ConfigError(f"hidden_dim {m.hidden_dim} must be divisible by nheads {m.nheads}")
         return self
@@ -221,13 +234,19 @@ def lite() -> Config:
             backbone_layer="layer3",
             hidden_dim=128,
             nheads=8,
-            enc_layers=3,
+            # No encoder layers, positions in the decoder's values: with 3 encoder layers the
+            # pretext never left its plateau in the lite budget (its memory collapsed to one
+            # token); see reproduce/results/lite/SUMMARY.md
+            enc_layers=0,
+            pos_in_values=True,
             dec_layers=3,
             dim_feedforward=512,
             num_queries=20,
             num_classes=6,  # 5 shape classes, ids 1..5
         ),
-        pretext=PretextConfig(num_patches=4, patch_size=64, patch_feature="roi", min_patch=12),
+        pretext=PretextConfig(
+            num_patches=4, patch_size=64, patch_feature="roi", min_patch=12, patch_init_gain=4.0
+        ),
         data=DataConfig(
             pretext_scales=(128,),
             pretext_max_size=128,

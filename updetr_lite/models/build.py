@@ -42,6 +42,7 @@ def build_transformer(cfg: Config) -> Transformer:
         dim_feedforward=m.dim_feedforward,
         dropout=m.dropout,
         normalize_before=m.pre_norm,
+        pos_in_values=m.pos_in_values,
     )
 
 
@@ -70,6 +71,7 @@ def build_updetr(cfg: Config) -> UPDETR:
         query_shuffle=p.query_shuffle,
         patch_dropout=p.patch_dropout,
         patch_feature=p.patch_feature,
+        patch_init_gain=p.patch_init_gain,
     )
 
 

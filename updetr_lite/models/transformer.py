@@ -45,7 +45,9 @@ class EncoderLayer(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, d_model, nhead, dim_feedforward, dropout, normalize_before):
+    def __init__(
+        self, d_model, nhead, dim_feedforward, dropout, normalize_before, pos_in_values=False
+    ):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.multihead_attn = nn.MultiheadAttention(
@@ -57,6 +59,7 @@ class DecoderLayer(nn.Module):
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
         self.dropout1, self.dropout2, self.dropout3 = (nn.Dropout(dropout) for _ in range(3))
         self.normalize_before = normalize_before
+        self.pos_in_values = pos_in_values
 
     def _ffn(self, x):
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
@@ -66,10 +69,11 @@ class DecoderLayer(nn.Module):
         return self.self_attn(q, k, x, attn_mask=tgt_mask, need_weights=False)[0]
 
     def _cross(self, x, memory, memory_mask, pos, query_pos):
+        key = _with_pos(memory, pos)
         return self.multihead_attn(
             _with_pos(x, query_pos),
-            _with_pos(memory, pos),
-            memory,
+            key,
+            key if self.pos_in_values else memory,
             key_padding_mask=memory_mask,
             need_weights=False,
         )[0]
@@ -122,6 +126,11 @@ class Transformer(nn.Module):
     tgt_mask additive float [N, N] or None) -> (hs [L, B, N, d], memory [B, h*w, d]).
     The decoder input starts at zeros; the object queries (plus patch features in UP-DETR)
     enter only as ``query_pos``, added to queries and keys as in DETR.
+
+    ``pos_in_values`` (lite deviation, ``model.pos_in_values``): the cross-attention values
+    are memory + pos, like its keys. DETR's values carry position only through what the
+    encoder mixed in; with no encoder (``enc_layers=0``) they would carry none, and no
+    decoder could say *where* the token it attends to is.
     """
 
     def __init__(
@@ -133,6 +142,7 @@ class Transformer(nn.Module):
         dim_feedforward: int = 2048,
         dropout: float = 0.1,
         normalize_before: bool = False,
+        pos_in_values: bool = False,
     ):
         super().__init__()
         args = (d_model, nhead, dim_feedforward, dropout, normalize_before)
@@ -141,7 +151,8 @@ class Transformer(nn.Module):
             nn.LayerNorm(d_model) if normalize_before else None,
         )
         self.decoder = Decoder(
-            [DecoderLayer(*args) for _ in range(num_decoder_layers)], nn.LayerNorm(d_model)
+            [DecoderLayer(*args, pos_in_values) for _ in range(num_decoder_layers)],
+            nn.LayerNorm(d_model),
         )
         self.d_model, self.nhead = d_model, nhead
         for p in self.parameters():

@@ -53,6 +53,11 @@ class UPDETR(DETR):
     RoIAlign of the image feature map over each patch box (a lite-scale deviation: the CNN
     never sees the crops, see shared/notes/lite-scale-findings.md).
 
+    patch_init_gain (lite deviation, ``pretext.patch_init_gain``) multiplies patch_proj's
+    initial weights: a query is object query + patch feature, and with PyTorch's init the
+    N(0, 1) object query outweighs the projected patch feature; x4 lets the patch lead, and
+    the lite pretext left its plateau hundreds of steps sooner.
+
     The returned patch_feature is not detached: with a frozen CNN it carries no gradient
     anyway; with a trainable CNN the reconstruction loss reaches the CNN through both sides,
     as in the authors' code.
@@ -71,6 +76,7 @@ class UPDETR(DETR):
         patch_dropout: float = 0.1,
         patch_feature: str = "crop",
         roi_size: int = 4,
+        patch_init_gain: float = 1.0,
     ):
         super().__init__(backbone, transformer, num_classes, num_queries, aux_loss)
         if patch_feature not in ("crop", "roi"):
@@ -84,6 +90,10 @@ class UPDETR(DETR):
             roi_size,
         )
         self.patch_proj = nn.Linear(c, d)
+        if patch_init_gain != 1.0:
+            with torch.no_grad():
+                self.patch_proj.weight.mul_(patch_init_gain)
+                self.patch_proj.bias.mul_(patch_init_gain)
         self.reconstruction_head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, c))
         self.register_buffer(
             "group_mask", group_attention_mask(num_queries, num_patches), persistent=False
