@@ -144,12 +144,13 @@ def test_06_demo_localizes_a_training_patch(shared):
     )
     assert r["smoke"] and not r["authors_checkpoint"]
     assert r["shown_boxes"] == 2
-    # The smoke checkpoint (800 steps on one 64 px photo, under a minute) is not reliably
-    # above IoU 0.5 (measured 0.42-0.74 across thread counts and seeds even at 1500-3000
-    # steps), so here the IoU is only recorded; the notebook itself asserts IoU > 0.5 with
-    # the lite checkpoint (SMOKE=False).
+    # One fixed patch is a noisy check (0.34-0.84 across seeds and thread counts); the mean
+    # over 4 seeded patches of the training photo is what the notebook asserts (> 0.5; the
+    # smoke checkpoint measured 0.70-0.78 at 1500 steps with 1 and 2 threads).
     for key in ("iou_fixed_patch", "iou_fixed_patch_augmented"):
         assert 0 <= r[key] <= 1, r
+    assert len(r["iou_training_patches"]) == 4
+    assert r["iou_training_patches_mean"] > 0.5, r
 
 
 # ------------------------------------------------------------------------------ rendering

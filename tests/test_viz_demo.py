@@ -417,3 +417,15 @@ def test_notebook_html_rendering_and_environment(tmp_path):
     assert "MPLBACKEND" not in notebooks.notebook_env(tmp_path / "c", agg=False)
     with pytest.raises(FileNotFoundError, match="notebook not found"):
         notebooks.execute_notebook("99_missing", tmp_path)
+
+
+def test_training_patch_boxes_inside_the_image_and_seeded():
+    from updetr_lite import demo
+
+    image = np.zeros((90, 160, 3), dtype=np.uint8)
+    boxes = demo.training_patch_boxes(image, 50, seed=3)
+    assert boxes == demo.training_patch_boxes(image, 50, seed=3)
+    assert boxes != demo.training_patch_boxes(image, 50, seed=4)
+    for x0, y0, x1, y1 in boxes:
+        assert 0 <= x0 < x1 <= 160 and 0 <= y0 < y1 <= 90
+        assert 0.25 * 160 <= x1 - x0 <= 0.6 * 160 and 0.25 * 90 <= y1 - y0 <= 0.6 * 90
