@@ -20,6 +20,7 @@ from an augmented copy of the whole image while the decoder still looks at the c
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 import random
@@ -333,7 +334,8 @@ def ensure_lite_checkpoint(
 
     - ``authors_checkpoint``: a local path to the authors' (or any) UP-DETR pre-training
       checkpoint; returned as is (FileNotFoundError if absent; nothing is downloaded).
-    - else ``path`` (default ``.cache/updetr_lite/demo/lite.pth``, ``smoke.pth`` when smoke):
+    - else ``path`` (default ``.cache/updetr_lite/demo/lite-<hash of the settings>.pth``,
+      ``smoke-<hash>.pth`` when smoke):
       trained on first use on the demo photos with a progress bar, reused afterwards.
     """
     if authors_checkpoint:
@@ -341,12 +343,15 @@ def ensure_lite_checkpoint(
         if not p.is_file():
             raise FileNotFoundError(f"authors' checkpoint not found: {p} (download it yourself)")
         return p
-    p = Path(path) if path else DEMO_DIR / ("smoke.pth" if smoke else "lite.pth")
+    cfg = demo_config(smoke)
+    # the default file is named after the settings and step count, so a checkpoint trained
+    # with other settings (an older kit) is never picked up
+    steps = steps or (1500 if smoke else STEPS_FULL)
+    tag = hashlib.sha256(f"{cfg.to_json()}{steps}".encode()).hexdigest()[:10]
+    p = Path(path) if path else DEMO_DIR / f"{'smoke' if smoke else 'lite'}-{tag}.pth"
     if p.is_file():
         return p
-    cfg = demo_config(smoke)
     photos = demo_photos(smoke)
-    steps = steps or (1500 if smoke else STEPS_FULL)
     train_demo_checkpoint(
         cfg,
         list(photos.values()),
