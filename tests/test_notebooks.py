@@ -156,15 +156,19 @@ def test_06_demo_localizes_a_training_patch(shared):
 # ------------------------------------------------------------------------------ rendering
 
 
-def test_cli_renders_executed_notebooks_as_html(shared, tmp_path):
+def test_cli_renders_executed_notebooks_as_html(shared, tmp_path, monkeypatch):
     from updetr_lite.cli import main
 
-    assert main(["notebooks", "--smoke", "--only", "02", "--out", str(tmp_path)]) == 0
-    html = (tmp_path / "html" / "02_multi_query_patches.html").read_text()
+    # a relative --out is relative to where the command runs, not to notebooks/ (the
+    # kernel's working folder): the results must land there too
+    monkeypatch.chdir(tmp_path)
+    assert main(["notebooks", "--smoke", "--only", "02", "--out", "out"]) == 0
+    out = tmp_path / "out"
+    html = (out / "html" / "02_multi_query_patches.html").read_text()
     # the inline backend (not Agg) puts the figures into the page
     assert html.count("data:image/png;base64") >= 2
-    assert read_results(tmp_path / "results", "02_multi_query_patches")["masked_others_max"] < 1e-6
-    assert not (tmp_path / "html" / "01_random_query_patches.html").exists()
+    assert read_results(out / "results", "02_multi_query_patches")["masked_others_max"] < 1e-6
+    assert not (out / "html" / "01_random_query_patches.html").exists()
 
 
 def test_cli_notebooks_unknown_prefix_is_one_line_error(capsys):

@@ -73,7 +73,7 @@ def execute_notebook(
     src = notebook_dir() / f"{name}.ipynb"
     if not src.is_file():
         raise FileNotFoundError(f"notebook not found: {src}")
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).resolve()  # the kernel runs in notebooks/: no relative paths
     out_dir.mkdir(parents=True, exist_ok=True)
     params = {"RESULTS_DIR": str(out_dir / "results"), **(parameters or {})}
     dest = out_dir / f"{name}.ipynb"
