@@ -832,14 +832,14 @@ must be above 0.5.
             code("""
 results = {}
 model, cfg = state.model, state.cfg
-train_photo = next(iter(demo.demo_photos(SMOKE).values()))
+training_photos = demo.demo_photos(SMOKE)
+train_photo = next(iter(training_photos.values()))
 h, w = train_photo.shape[:2]
 fixed_box = [0.3 * w, 0.3 * h, 0.6 * w, 0.6 * h]
 results["iou_fixed_patch"] = demo.training_image_patch_check(model, cfg, train_photo, fixed_box)
 results["iou_fixed_patch_augmented"] = demo.training_image_patch_check(
     model, cfg, train_photo, fixed_box, augment=True
 )
-training_photos = demo.demo_photos(SMOKE)
 ious = demo.training_patches_check(model, cfg, training_photos, per_image=4)
 results["iou_training_patches"] = ious
 results["iou_training_patches_mean"] = sum(ious) / len(ious)
