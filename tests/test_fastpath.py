@@ -110,3 +110,32 @@ def test_fast_path_is_rebuilt_after_a_weight_load():
     ref = plain(x, mask)[0]
     assert not torch.allclose(before, after)
     assert ((after - ref).norm() / ref.norm()) < 0.05
+
+
+def test_a_cnn_that_trains_runs_its_fixed_stages_on_the_fast_path():
+    """CNN trains from layer2 (DETR): the stem and layer1 never train, so they run folded,
+    without autograd; layer2/3 keep their gradients, within bf16 precision of the plain path."""
+    from updetr_lite.models.backbone import Backbone
+
+    torch.manual_seed(0)
+    fast = Backbone("resnet18", "layer3", frozen_cnn=False, fast=True)
+    plain = Backbone("resnet18", "layer3", frozen_cnn=False, fast=False)
+    plain.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
+    out = {}
+    for name, bb in (("fast", fast), ("plain", plain)):
+        feat = bb(x, mask)[0]
+        feat.square().mean().backward()
+        grads = {n: p.grad for n, p in bb.body.named_parameters() if p.grad is not None}
+        out[name] = feat.detach(), grads
+    (f_fast, g_fast), (f_plain, g_plain) = out["fast"], out["plain"]
+    assert set(g_fast) == set(g_plain) and g_plain  # the same weights train
+    assert all(n.startswith(("layer2", "layer3")) for n in g_fast)
+    fixed = fast._fast_cnn[torch.device("cpu")].cnn
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in fixed.modules())
+    assert not any(n.startswith(("layer2", "layer3")) for n, _ in fixed.named_children())
+    assert (f_fast - f_plain).norm() / f_plain.norm() < 0.05
+    for n in g_plain:
+        rel = (g_fast[n] - g_plain[n]).norm() / g_plain[n].norm()
+        assert rel < 0.1, (n, rel)

@@ -6,6 +6,8 @@ keys read ``backbone.0.body.layer1...`` exactly as in the authors' checkpoints.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 import torchvision
@@ -29,9 +31,11 @@ class Backbone(nn.Module):
             autograd graph is built (the paper's frozen pre-training CNN).
         train_layers_from: when not frozen, stages from this one on train (DETR: layer2..layer4);
             the stem and earlier stages stay fixed.
-        fast: when frozen, run the CNN through `updetr_lite.fastpath.FrozenCNN` (batch norm
-            folded into the convolutions, channels_last, bf16 autocast where the hardware has
-            it). The folded copy is derived state: rebuilt after a weight load, never saved.
+        fast: run the part of the CNN that never trains (all of it when frozen; else the stem
+            and the stages before ``train_layers_from``) through
+            `updetr_lite.fastpath.FrozenCNN` (batch norm folded into the convolutions,
+            channels_last, no autograd graph, bf16 where the hardware has it). The folded copy
+            is derived state: rebuilt after a weight load, never saved.
     """
 
     def __init__(
@@ -54,7 +58,7 @@ class Backbone(nn.Module):
         resnet = getattr(torchvision.models, name)(weights=None, norm_layer=FrozenBatchNorm2d)
         self.body = IntermediateLayerGetter(resnet, return_layers={layer: "0"})
         self.name, self.layer, self.frozen_cnn = name, layer, frozen_cnn
-        self.fast = fast and frozen_cnn
+        self.fast = fast
         self._fast_cnn: dict[torch.device, FrozenCNN] = {}  # not a submodule: not in state_dict
         self.body.register_load_state_dict_post_hook(lambda *_: self._fast_cnn.clear())
         # output channels of the stage: x4 for bottleneck blocks
@@ -65,15 +69,31 @@ class Backbone(nn.Module):
         for pname, p in self.body.named_parameters():
             if frozen_cnn or not pname.startswith(trainable):
                 p.requires_grad_(False)
+        # the stages that run after the fixed part when the CNN trains
+        self._trained_stages = () if frozen_cnn else tuple(s for s in trainable if s in self.body)
+
+    def _fixed_part(self) -> nn.Module:
+        """The modules of ``body`` whose weights never train, in order (all when frozen)."""
+        if self.frozen_cnn:
+            return self.body
+        return nn.Sequential(
+            OrderedDict((n, m) for n, m in self.body.items() if n not in self._trained_stages)
+        )
 
     def _trunk(self, x: torch.Tensor) -> torch.Tensor:
-        if self.fast:
-            if x.device not in self._fast_cnn:
-                self._fast_cnn.clear()
-                self._fast_cnn[x.device] = FrozenCNN(self.body).to(x.device)
-            return self._fast_cnn[x.device](x)["0"]
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_cnn):
-            return self.body(x)["0"]
+        if not self.fast:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_cnn):
+                return self.body(x)["0"]
+        if x.device not in self._fast_cnn:
+            self._fast_cnn.clear()
+            self._fast_cnn[x.device] = FrozenCNN(self._fixed_part()).to(x.device)
+        x = self._fast_cnn[x.device](x)
+        if self.frozen_cnn:
+            return x["0"]
+        # the stages that train run as usual (autograd, autocast if on)
+        for name in self._trained_stages:
+            x = self.body[name](x)
+        return x
 
     def forward(
         self, images: torch.Tensor, mask: torch.Tensor
