@@ -63,7 +63,7 @@ def _pretext_losses(fast: bool) -> dict[str, float]:
     from updetr_lite.config import get_config
     from updetr_lite.models import build_criterion, build_updetr
 
-    cfg = get_config("smoke", [f"model.fast_cnn={fast}", "pretext.patch_feature='crop'"])
+    cfg = get_config("smoke", [f"model.fast_path={fast}", "pretext.patch_feature='crop'"])
     torch.manual_seed(0)
     model = build_updetr(cfg).eval()
     assert model.backbone[0].fast == fast
@@ -84,7 +84,7 @@ def _pretext_losses(fast: bool) -> dict[str, float]:
 
 
 def test_fast_path_gives_the_same_pretext_losses():
-    """The switch (model.fast_cnn) changes speed, not the losses: within 2% per term (bf16)."""
+    """The switch (model.fast_path) changes speed, not the losses: within 2% per term (bf16)."""
     slow, fast = _pretext_losses(False), _pretext_losses(True)
     assert slow.keys() == fast.keys() and "loss_rec" in slow
     for k in slow:
@@ -139,3 +139,50 @@ def test_a_cnn_that_trains_runs_its_fixed_stages_on_the_fast_path():
     for n in g_plain:
         rel = (g_fast[n] - g_plain[n]).norm() / g_plain[n].norm()
         assert rel < 0.1, (n, rel)
+
+
+def test_fast_dropout_drops_the_stated_share_and_keeps_the_mean():
+    from updetr_lite.fastpath import dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(1_000_003)  # not a multiple of 4: the last word is cut
+    y = dropout(x, 0.1)
+    dropped = (y == 0).double().mean().item()
+    # binomial standard deviation at n = 1e6: 0.0003; the stated p is round(0.1 * 65536) / 65536
+    assert abs(dropped - 6554 / 65536) < 0.0015, dropped
+    assert abs(y.double().mean().item() - 1.0) < 0.005
+    assert torch.equal(y[y != 0], torch.full_like(y[y != 0], 65536 / (65536 - 6554)))
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x, 0.1), y)  # torch.manual_seed reproduces the masks
+    assert torch.equal(dropout(x, 0.1, training=False), x)
+    # independent bits: neighbouring elements (same 64-bit word) are not correlated
+    a, b = (y[:-3:4] == 0).double(), (y[1:-2:4] == 0).double()
+    assert abs((a * b).mean().item() - a.mean().item() * b.mean().item()) < 0.002
+    g = torch.ones(10, requires_grad=True)
+    out = dropout(g, 0.5)
+    out.sum().backward()
+    assert torch.equal(g.grad, out.detach())  # gradient = the mask times the scale
+
+
+def test_written_out_attention_equals_multihead_attention():
+    """Without dropout (p = 0 stand-in: same weights, dropout off) the fast attention gives
+    nn.MultiheadAttention's output; with masks, padding and UP-DETR's group mask."""
+    from updetr_lite.fastpath import attention
+
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(32, 4, dropout=0.1, batch_first=True)
+    q, k, v = torch.randn(2, 6, 32), torch.randn(2, 9, 32), torch.randn(2, 9, 32)
+    pad = torch.zeros(2, 9, dtype=torch.bool)
+    pad[1, 6:] = True
+    group = torch.full((6, 9), float("-inf")).triu(1)  # additive, every row keeps a key
+    mha.eval()
+    pad_add = torch.zeros(2, 9).masked_fill(pad, float("-inf"))
+    ref = mha(q, k, v, key_padding_mask=pad_add, attn_mask=group, need_weights=False)[0]
+    mha.train()
+    mha.dropout = 1e-9  # training path, and a mask that drops nothing
+    out = attention(mha, q, k, v, pad, group, fast=True)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    out_bool = attention(mha, q, k, v, pad, group.isinf(), fast=True)
+    torch.testing.assert_close(out_bool, ref, rtol=1e-5, atol=1e-5)
+    mha.dropout = 0.5  # real dropout: some attention weights dropped, output changes
+    assert not torch.allclose(attention(mha, q, k, v, pad, group, fast=True), ref)

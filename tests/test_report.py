@@ -197,7 +197,7 @@ def test_localization_study_numbers(tmp_path):
     from updetr_lite.models.build import build_updetr
 
     cfg = get_config("smoke")
-    cfg.model.fast_cnn = False
+    cfg.model.fast_path = False
     torch.manual_seed(0)
     model = build_updetr(cfg)
     run = tmp_path / "pre"

@@ -96,8 +96,8 @@ def _optimizer(model, tc) -> torch.optim.Optimizer:
     groups = [{"params": main, "lr": tc.lr}]
     if cnn:
         groups.append({"params": cnn, "lr": tc.lr_backbone})
-    # foreach: one fused kernel per parameter group step instead of a loop over tensors
-    return torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay, foreach=True)
+    # fused, as the engine: one vectorised pass over each parameter instead of a loop
+    return torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay, fused=True)
 
 
 def _median(xs: list[float]) -> float:
@@ -178,6 +178,8 @@ def fast_path_state(model, device: torch.device) -> dict:
         "frozen_cnn": frozen,
         "fast_cnn": fast,
         "cnn_bf16": fast and bf16_supported(device),
+        # 16-bit dropout masks and the written-out attention: CPU only (CUDA keeps its kernels)
+        "fast_dropout": bool(getattr(model.transformer, "fast", False)) and device.type == "cpu",
     }
 
 

@@ -1,4 +1,4 @@
-"""The frozen-CNN fast path: the CNN as a pure inference function.
+"""The fast path: the frozen CNN as a pure inference function, and a cheaper CPU dropout.
 
 When no CNN weight trains (the paper's frozen CNN during pre-training, or
 ``lr_backbone == 0``), the CNN needs no autograd graph and its frozen BatchNorm is an
@@ -7,6 +7,10 @@ copy, in channels_last memory format, run under ``torch.no_grad`` and, where the
 has bf16 instructions (or on CUDA), in bf16 (a bf16 copy of the folded weights: the numbers
 of bf16 autocast without casting every weight on every call). ``tests/test_fastpath.py``
 states how close it stays to the plain fp32 path.
+
+On the CPU the transformer's dropout draws its keep masks 4 per 64-bit random word
+(`dropout`) instead of ATen's one random number per element (``bernoulli_``, ~6 ns an
+element: 15 % of a paper-preset pretext step on 2 cores went there).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import FrozenBatchNorm2d
@@ -107,3 +112,74 @@ class FrozenCNN(nn.Module):
         if isinstance(out, dict):
             return {k: v.float().contiguous() for k, v in out.items()}
         return out.float().contiguous()
+
+
+def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """``F.dropout`` with cheaper random bits on the CPU (elsewhere it is ``F.dropout``).
+
+    Each element is dropped when a uniform 16-bit draw falls below ``round(65536 p)``: the
+    drop probability is ``round(65536 p) / 65536`` (p = 0.1: 0.1000061) and the kept ones
+    are scaled by the inverse of the keep probability, so the expectation is ``x``. Four
+    draws come from one 64-bit word of the default generator (``torch.manual_seed`` holds).
+    """
+    if not training or p <= 0.0 or p >= 1.0 or x.device.type != "cpu":
+        return F.dropout(x, p, training)
+    drop = round(p * 65536)
+    words = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+    keep = (words.view(torch.int16)[: x.numel()] >= drop - 32768).view(x.shape)
+    return x.mul(keep).mul_(65536 / (65536 - drop))
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` that uses `dropout` when ``fast`` (no parameters: state dicts unchanged)."""
+
+    def __init__(self, p: float = 0.5, fast: bool = False):
+        super().__init__(p)
+        self.fast = fast
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training) if self.fast else super().forward(x)
+
+
+def attention(
+    mha: nn.MultiheadAttention,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    key_padding_mask: torch.Tensor | None = None,
+    attn_mask: torch.Tensor | None = None,
+    fast: bool = False,
+) -> torch.Tensor:
+    """``mha(query, key, value, ..., need_weights=False)[0]`` (batch first) -> [B, L, d].
+
+    With ``fast``, while training on the CPU with attention dropout, the same arithmetic
+    written out (projections from ``mha``'s own weights, scaled dot product, softmax) with
+    `dropout` on the attention weights; otherwise ``mha`` itself (on CUDA its fused kernels).
+    query [B, L, d]; key, value [B, S, d]; key_padding_mask bool [B, S] (True = ignore);
+    attn_mask [L, S], additive float or bool (True = blocked).
+    """
+    if not (fast and mha.training and mha.dropout > 0 and query.device.type == "cpu"):
+        return mha(
+            query,
+            key,
+            value,
+            key_padding_mask=key_padding_mask,
+            attn_mask=attn_mask,
+            need_weights=False,
+        )[0]
+    (b, n, d), h = query.shape, mha.num_heads
+    w, bias = mha.in_proj_weight.chunk(3), mha.in_proj_bias.chunk(3)
+    q, k, v = (
+        F.linear(t, wi, bi).unflatten(-1, (h, d // h)).transpose(1, 2)
+        for t, wi, bi in zip((query, key, value), w, bias)
+    )  # [B, h, L or S, d/h]
+    scores = (q * (d // h) ** -0.5) @ k.transpose(-2, -1)  # [B, h, L, S]
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(attn_mask, float("-inf"))
+        else:
+            scores = scores + attn_mask
+    if key_padding_mask is not None:
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    weights = dropout(scores.softmax(-1), mha.dropout, True)
+    return mha.out_proj((weights @ v).transpose(1, 2).reshape(b, n, d))

@@ -48,7 +48,7 @@ class FeatureExtractor:
     """The frozen CNN of a DETR/UP-DETR as an inference function.
 
     Calls the model's own Backbone under ``torch.no_grad``, so cached maps are exactly what the
-    model computes on the fly (with its fast path when ``model.fast_cnn``).
+    model computes on the fly (with its fast path when ``model.fast_path``).
     """
 
     def __init__(self, backbone: nn.Module, device: torch.device):

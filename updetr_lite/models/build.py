@@ -26,7 +26,7 @@ def build_backbone(cfg: Config, frozen: bool | None = None) -> Backbone:
     if weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"model.backbone_weights: no such file: {weights}")
     frozen = m.frozen_cnn if frozen is None else frozen
-    backbone = Backbone(m.backbone, m.backbone_layer, frozen, fast=m.fast_cnn)
+    backbone = Backbone(m.backbone, m.backbone_layer, frozen, fast=m.fast_path)
     if weights:
         log.info("%s", load_cnn_weights(backbone, weights))
     return backbone
@@ -43,6 +43,7 @@ def build_transformer(cfg: Config) -> Transformer:
         dropout=m.dropout,
         normalize_before=m.pre_norm,
         pos_in_values=m.pos_in_values,
+        fast=m.fast_path,
     )
 
 

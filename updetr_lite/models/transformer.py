@@ -10,21 +10,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fastpath import Dropout, attention
+
 
 def _with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
     return x if pos is None else x + pos
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, d_model, nhead, dim_feedforward, dropout, normalize_before):
+    def __init__(self, d_model, nhead, dim_feedforward, dropout, normalize_before, fast=False):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout, fast)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
+        self.dropout1, self.dropout2 = Dropout(dropout, fast), Dropout(dropout, fast)
         self.normalize_before = normalize_before
+        self.fast = fast
 
     def _ffn(self, x):
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
@@ -35,18 +38,25 @@ class EncoderLayer(nn.Module):
             x = self.norm1(src)
             q = k = _with_pos(x, pos)
             src = src + self.dropout1(
-                self.self_attn(q, k, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
+                attention(self.self_attn, q, k, x, key_padding_mask, fast=self.fast)
             )
             return src + self.dropout2(self._ffn(self.norm2(src)))
         q = k = _with_pos(src, pos)
-        attn = self.self_attn(q, k, src, key_padding_mask=key_padding_mask, need_weights=False)[0]
+        attn = attention(self.self_attn, q, k, src, key_padding_mask, fast=self.fast)
         src = self.norm1(src + self.dropout1(attn))
         return self.norm2(src + self.dropout2(self._ffn(src)))
 
 
 class DecoderLayer(nn.Module):
     def __init__(
-        self, d_model, nhead, dim_feedforward, dropout, normalize_before, pos_in_values=False
+        self,
+        d_model,
+        nhead,
+        dim_feedforward,
+        dropout,
+        normalize_before,
+        fast=False,
+        pos_in_values=False,
     ):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
@@ -54,11 +64,12 @@ class DecoderLayer(nn.Module):
             d_model, nhead, dropout=dropout, batch_first=True
         )
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout, fast)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
-        self.dropout1, self.dropout2, self.dropout3 = (nn.Dropout(dropout) for _ in range(3))
+        self.dropout1, self.dropout2, self.dropout3 = (Dropout(dropout, fast) for _ in range(3))
         self.normalize_before = normalize_before
+        self.fast = fast
         self.pos_in_values = pos_in_values
 
     def _ffn(self, x):
@@ -66,17 +77,14 @@ class DecoderLayer(nn.Module):
 
     def _self(self, x, query_pos, tgt_mask):
         q = k = _with_pos(x, query_pos)
-        return self.self_attn(q, k, x, attn_mask=tgt_mask, need_weights=False)[0]
+        return attention(self.self_attn, q, k, x, attn_mask=tgt_mask, fast=self.fast)
 
     def _cross(self, x, memory, memory_mask, pos, query_pos):
         key = _with_pos(memory, pos)
-        return self.multihead_attn(
-            _with_pos(x, query_pos),
-            key,
-            key if self.pos_in_values else memory,
-            key_padding_mask=memory_mask,
-            need_weights=False,
-        )[0]
+        value = key if self.pos_in_values else memory
+        return attention(
+            self.multihead_attn, _with_pos(x, query_pos), key, value, memory_mask, fast=self.fast
+        )
 
     def forward(self, tgt, memory, tgt_mask, memory_mask, pos, query_pos):
         """tgt, query_pos [B, N, d]; memory, pos [B, S, d]; tgt_mask additive [N, N] or None;
@@ -143,9 +151,10 @@ class Transformer(nn.Module):
         dropout: float = 0.1,
         normalize_before: bool = False,
         pos_in_values: bool = False,
+        fast: bool = False,
     ):
         super().__init__()
-        args = (d_model, nhead, dim_feedforward, dropout, normalize_before)
+        args = (d_model, nhead, dim_feedforward, dropout, normalize_before, fast)
         self.encoder = Encoder(
             [EncoderLayer(*args) for _ in range(num_encoder_layers)],
             nn.LayerNorm(d_model) if normalize_before else None,
@@ -154,7 +163,7 @@ class Transformer(nn.Module):
             [DecoderLayer(*args, pos_in_values) for _ in range(num_decoder_layers)],
             nn.LayerNorm(d_model),
         )
-        self.d_model, self.nhead = d_model, nhead
+        self.d_model, self.nhead, self.fast = d_model, nhead, fast
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
