@@ -160,3 +160,12 @@ def test_main_job_is_wired(monkeypatch, capsys):
     code, _, _ = run(["main", "--out", "runs/x", "--set", "pretrain.lr=1e-3"], capsys)
     assert code == 3
     assert calls == [("lite", "runs/x", ["pretrain.lr=1e-3"])]
+
+
+@pytest.mark.parametrize("option", [["--preset", "paper"], ["--set", "pretext.num_patches=3"]])
+def test_notebooks_rejects_options_it_does_not_use(option, capsys):
+    # The notebooks choose their own settings: an accepted-but-ignored --preset would let
+    # a user believe notebook 01 ran the paper's M = 10.
+    code, _, err = run(["notebooks", "--only", "01", *option], capsys)
+    assert code == 2
+    assert option[0] in err

@@ -348,9 +348,7 @@ def cmd_notebooks(args) -> int:
                 f"choose from {', '.join(nb.NOTEBOOKS)}"
             )
     out = Path(args.out or "runs/notebooks")
-    pages = nb.render_notebooks(out, smoke=args.smoke, names=names)
-    for name, page in pages.items():
-        print(f"{name}: {page}")
+    nb.render_notebooks(out, smoke=args.smoke, names=names, report=print)
     return 0
 
 
@@ -372,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--out", default=None, help="output folder")
     common.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
     common.add_argument("--debug", action="store_true", help="print tracebacks of errors")
+    # The notebooks choose their own settings (SMOKE or not): no --preset, --set or --device.
+    minimal = _Parser(add_help=False)
+    minimal.add_argument("--out", default=None, help="output folder")
+    minimal.add_argument("--debug", action="store_true", help="print tracebacks of errors")
 
     parser = _Parser(prog=PROG, description="UP-DETR: pre-training, fine-tuning, inference.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -438,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
-        "notebooks", parents=[common], help="run the tutorial notebooks, render them as HTML"
+        "notebooks", parents=[minimal], help="run the tutorial notebooks, render them as HTML"
     )
     p.add_argument("--smoke", action="store_true", help="tiny settings (minutes, not hours)")
     p.add_argument("--only", default=None, help="comma-separated prefixes, e.g. 01,06")

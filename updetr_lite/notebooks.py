@@ -9,6 +9,7 @@ their checkable values as JSON into their ``RESULTS_DIR`` parameter.
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from .notebook_checks import project_root
@@ -113,9 +114,10 @@ def to_html(executed: Path, html_dir) -> Path:
     return dest
 
 
-def render_notebooks(out_dir, smoke: bool = False, names=NOTEBOOKS) -> dict[str, Path]:
+def render_notebooks(out_dir, smoke: bool = False, names=NOTEBOOKS, report=None) -> dict[str, Path]:
     """Execute every notebook (headless: the demo shows its static figure) and write
     ``out_dir/<name>.ipynb``, ``out_dir/html/<name>.html`` and ``out_dir/results/*.json``.
+    ``report`` (e.g. print) gets one line per notebook: its name, time and page.
     Returns {name: html path}."""
     out_dir = Path(out_dir)
     pages = {}
@@ -123,6 +125,9 @@ def render_notebooks(out_dir, smoke: bool = False, names=NOTEBOOKS) -> dict[str,
         params = {"SMOKE": smoke}
         if name.startswith("06"):
             params["INTERACTIVE"] = False
+        start = time.perf_counter()
         executed = execute_notebook(name, out_dir, params, agg=False)
         pages[name] = to_html(executed, out_dir / "html")
+        if report:
+            report(f"{name}: {time.perf_counter() - start:.0f} s, {pages[name]}")
     return pages
