@@ -3,7 +3,6 @@ project's kernel and records values that are checked here."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -50,15 +49,16 @@ def _run(name: str, shared: Path, **params) -> dict:
 # ------------------------------------------------------------------------------ committed files
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("make_notebooks", NB_DIR / "make_notebooks.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+def _cells(nb):
+    return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
 
 
 @pytest.mark.parametrize("name", nbrun.NOTEBOOKS)
-def test_notebook_is_committed_clean_and_generated(name):
+def test_notebook_is_committed_clean_and_paired(name):
+    """The percent-format .py is the source people edit (and ruff checks); the paired .ipynb
+    (what papermill runs) must hold the same cells and no outputs."""
+    import jupytext
+
     nb = nbformat.read(NB_DIR / f"{name}.ipynb", as_version=4)
     nbformat.validate(nb)
     assert nb.metadata["kernelspec"] == {
@@ -66,20 +66,22 @@ def test_notebook_is_committed_clean_and_generated(name):
         "display_name": "Python (updetr-lite)",
         "language": "python",
     }
+    assert nb.metadata["jupytext"]["formats"] == "ipynb,py:percent"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code), "outputs committed"
     tagged = [c for c in code if "parameters" in c.metadata.get("tags", [])]
     assert len(tagged) == 1 and "SMOKE = False" in tagged[0].source
     assert "RESULTS_DIR" in tagged[0].source
-    fresh = _generator().NOTEBOOKS[name]()
-    assert [c.source for c in nb.cells] == [c.source for c in fresh.cells], (
-        f"{name}.ipynb differs from notebooks/make_notebooks.py: regenerate it"
+    source = jupytext.read(NB_DIR / f"{name}.py")
+    assert _cells(source) == _cells(nb), (
+        f"notebooks/{name}.py and .ipynb differ: run `jupytext --sync notebooks/{name}.py`"
     )
 
 
 def test_notebook_list_matches_the_folder():
     on_disk = sorted(p.stem for p in NB_DIR.glob("[0-9][0-9]_*.ipynb"))
-    assert on_disk == sorted(nbrun.NOTEBOOKS) == sorted(_generator().NOTEBOOKS)
+    sources = sorted(p.stem for p in NB_DIR.glob("[0-9][0-9]_*.py"))
+    assert on_disk == sorted(nbrun.NOTEBOOKS) == sources
 
 
 # ------------------------------------------------------------------------------ executed

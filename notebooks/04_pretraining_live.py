@@ -1,0 +1,146 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (updetr-lite)
+#     language: python
+#     name: updetr-lite
+# ---
+
+# %% [markdown]
+# # 4. Pre-training, live
+#
+# A short UP-DETR pre-training run on the embedded unlabeled images, twice: **with and
+# without the attention mask** (the paper's Figure 6 in miniature: the paper found the loss
+# lower without the mask early on, and lower with it later). Then the predicted boxes for a
+# few query patches.
+#
+# The runs use the kit's training engine (`updetr_lite.engine.train.train`), the same one the
+# command line uses; each run writes its configuration, a JSON-lines log and checkpoints into
+# its folder.
+
+# %% tags=["parameters"]
+SMOKE = False
+RESULTS_DIR = "results"
+SEED = 0
+STEPS = 400  # optimizer steps per run (SMOKE: a few)
+RUN_DIR = ""  # where the runs go; empty: runs/notebooks/04_pretraining
+
+# %%
+import random
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from updetr_lite import demo, viz
+from updetr_lite import notebook_checks as nc
+
+torch.manual_seed(SEED)
+random.seed(SEED)
+PRESET = "smoke" if SMOKE else "lite"
+results = {}
+
+# %%
+import shutil
+
+from updetr_lite.engine.train import train
+
+steps = 30 if SMOKE else STEPS
+run_root = Path(RUN_DIR) if RUN_DIR else nc.project_root() / "runs" / "notebooks" / "04_pretraining"
+runs = {}
+for flag in (True, False):
+    out = run_root / ("with_mask" if flag else "without_mask")
+    shutil.rmtree(out, ignore_errors=True)  # a fresh run each time the notebook runs
+    cfg = nc.notebook_config(
+        PRESET,
+        [
+            f"pretext.attention_mask={flag}",
+            f"pretrain.max_steps={steps}",
+            "pretrain.epochs=100000",
+            f"pretrain.log_every={1 if SMOKE else 10}",
+            f"pretrain.seed={SEED}",
+            # the mask acts from the second decoder layer on (notebook 2): smoke needs two
+            *(["model.dec_layers=2"] if SMOKE else []),
+        ],
+    )
+    runs[flag] = train(cfg, "pretrain", out)
+    print("with mask" if flag else "without mask", "->", out)
+
+
+# %% [markdown]
+# ## Loss curves
+#
+# The total loss (all terms, all decoder layers) and its box part, smoothed.
+
+
+# %%
+def train_records(out):
+    return [r for r in viz.read_jsonl(Path(out) / "log.jsonl") if r.get("type") == "train"]
+
+
+logs = {
+    flag: train_records(run_root / ("with_mask" if flag else "without_mask"))
+    for flag in (True, False)
+}
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+window = 3 if SMOKE else 5
+viz.plot_curves(
+    {("with" if f else "without") + " mask": viz.series(logs[f], "loss") for f in logs},
+    axes[0],
+    window=window,
+    title="total loss",
+)
+viz.plot_curves(
+    {("with" if f else "without") + " mask": viz.series(logs[f], "loss_bbox") for f in logs},
+    axes[1],
+    window=window,
+    ylabel="L1 box loss (weighted)",
+    title="box loss",
+)
+plt.show()
+for flag, recs in logs.items():
+    _, values = viz.series(recs, "loss")
+    key = "with_mask" if flag else "without_mask"
+    results[f"{key}_loss_first"], results[f"{key}_loss_last"] = values[0], values[-1]
+    results[f"{key}_loss_fell"] = nc.loss_fell(values)
+    results[f"{key}_records"] = len(values)
+_, with_mask = viz.series(logs[True], "loss")
+_, without_mask = viz.series(logs[False], "loss")
+results["max_loss_difference"] = max(abs(a - b) for a, b in zip(with_mask, without_mask))
+
+# %% [markdown]
+# ## Where does the pre-trained model find the query patches?
+#
+# The checkpoint with the mask, on one unlabeled training image: dashed boxes are the query
+# patches, solid boxes the most confident prediction of each group.
+
+# %%
+from updetr_lite.data.embedded import build_embedded
+
+model, cfg = demo.load_demo_model(run_root / "with_mask" / "last.pth")
+unlabeled = sorted(f for f in Path(build_embedded(cfg.data).unlabeled).rglob("*") if f.is_file())
+image = demo.read_image(unlabeled[0])
+h, w = image.shape[:2]
+k = min(3, model.num_patches)
+query = viz.cxcywh_to_pixel_xyxy(
+    demo.sample_patch_boxes(h, w, k, cfg.pretext.min_patch, random.Random(SEED)), (h, w)
+)
+state = demo.DemoState(model, cfg, image, query.round().tolist())
+demo.static_demo_figure(state)
+plt.show()
+print(state.summary())
+results["mean_iou_after_training"] = float(state.result["iou"].mean())
+
+# %%
+path = nc.write_results(RESULTS_DIR, "04_pretraining_live", results)
+print(f"recorded in {path}:")
+for key, value in sorted(results.items()):
+    print(f"  {key} = {value}")

@@ -1,0 +1,161 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     notebook_metadata_filter: kernelspec,jupytext
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python (updetr-lite)
+#     language: python
+#     name: updetr-lite
+# ---
+
+# %% [markdown]
+# # 5. Fine-tuning: DETR from scratch transformers versus DETR from UP-DETR
+#
+# The question of the paper: does pre-training the transformers by random query patch
+# detection help the detector? We fine-tune DETR on the embedded detection data (5 shape
+# classes) twice, with the same budget:
+#
+# - **scratch**: the CNN as given, transformers randomly initialised;
+# - **UP-DETR**: transformers, object queries, input projection and box head from a
+#   pre-training run (the class head is new: the pretext had 2 classes).
+#
+# The embedded data is a stand-in for VOC / COCO, not a benchmark: short runs on it show the
+# mechanics and the trend, not the paper's numbers.
+
+# %% tags=["parameters"]
+SMOKE = False
+RESULTS_DIR = "results"
+SEED = 0
+PRETRAIN_STEPS = 1000  # pre-training steps (SMOKE: a few)
+FINETUNE_STEPS = 600  # fine-tuning steps per arm
+RUN_DIR = ""  # where the runs go; empty: runs/notebooks/05_finetuning
+
+# %%
+import random
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import torch
+
+from updetr_lite import demo, viz
+from updetr_lite import notebook_checks as nc
+
+torch.manual_seed(SEED)
+random.seed(SEED)
+PRESET = "smoke" if SMOKE else "lite"
+results = {}
+
+# %%
+import shutil
+
+from updetr_lite.engine.train import train
+
+pre_steps, ft_steps = (20, 16) if SMOKE else (PRETRAIN_STEPS, FINETUNE_STEPS)
+run_root = Path(RUN_DIR) if RUN_DIR else nc.project_root() / "runs" / "notebooks" / "05_finetuning"
+shutil.rmtree(run_root, ignore_errors=True)
+common = [
+    f"pretrain.seed={SEED}",
+    f"finetune.seed={SEED}",
+    "pretrain.epochs=100000",
+    "finetune.epochs=100000",
+]
+cfg = nc.notebook_config(
+    PRESET, common + [f"pretrain.max_steps={pre_steps}", f"finetune.max_steps={ft_steps}"]
+)
+summaries = {"pretrain": train(cfg, "pretrain", run_root / "pretrain")}
+summaries["updetr"] = train(
+    cfg, "finetune", run_root / "updetr", init=run_root / "pretrain" / "last.pth"
+)
+summaries["scratch"] = train(cfg, "finetune", run_root / "scratch")
+
+# %% [markdown]
+# ## AP during fine-tuning
+#
+# COCO-style AP (pycocotools) on the validation split, after each evaluation.
+
+# %%
+evals = {
+    arm: [r for r in viz.read_jsonl(run_root / arm / "log.jsonl") if r.get("type") == "eval"]
+    for arm in ("scratch", "updetr")
+}
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
+viz.plot_curves(
+    {arm: viz.series(recs, "AP") for arm, recs in evals.items()},
+    axes[0],
+    ylabel="AP",
+    title="AP (IoU .50:.95)",
+)
+viz.plot_curves(
+    {arm: viz.series(recs, "AP50") for arm, recs in evals.items()},
+    axes[1],
+    ylabel="AP50",
+    title="AP50",
+)
+plt.show()
+for arm, recs in evals.items():
+    results[f"{arm}_AP"] = recs[-1]["AP"]
+    results[f"{arm}_AP50"] = recs[-1]["AP50"]
+    results[f"{arm}_evals"] = len(recs)
+print({k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()})
+
+# %% [markdown]
+# ## Predictions
+#
+# Both detectors on the same validation images (score above 0.3; the kit does no NMS, as DETR).
+
+# %%
+from updetr_lite.data.embedded import build_embedded
+from updetr_lite.engine.inference import load_model, predict_image
+
+paths = build_embedded(cfg.data)
+val_files = sorted(Path(paths.val_images).iterdir())[:3]
+models = {
+    arm: load_model(run_root / arm / "last.pth", kind="detection") for arm in ("scratch", "updetr")
+}
+fig, axes = plt.subplots(2, len(val_files), figsize=(3.2 * len(val_files), 6.6), squeeze=False)
+for row, (arm, (m, mcfg)) in enumerate(models.items()):
+    for col, f in enumerate(val_files):
+        det = predict_image(m, mcfg, str(f), threshold=0.3)
+        labels = [f"{int(c)}: {float(s):.2f}" for c, s in zip(det["labels"], det["scores"])]
+        viz.show_image(
+            demo.read_image(f), det["boxes"], labels, ax=axes[row, col], title=f"{arm}: {f.name}"
+        )
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## Decoder attention maps
+#
+# Where in the image do a few object queries of the UP-DETR detector look? The cross-attention
+# weights of the last decoder layer (averaged over heads), over the CNN's feature grid, for
+# the three most confident queries.
+
+# %%
+model, mcfg = models["updetr"]
+image = demo.read_image(val_files[0])
+images, mask = demo.prepare_image(image, mcfg.data.test_size, mcfg.data.max_size)
+with torch.no_grad(), viz.capture_cross_attention(model) as attention:
+    features, fmask = model.backbone(images, mask)
+    out = model.forward_features(features, fmask)
+scores = out["pred_logits"][0].softmax(-1)[:, :-1].max(-1).values
+top = scores.topk(3).indices
+maps = viz.attention_maps(attention[-1][0], tuple(features.shape[-2:]))[top]
+boxes = viz.cxcywh_to_pixel_xyxy(out["pred_boxes"][0, top], image.shape[:2])
+viz.plot_attention_maps(
+    image, maps, boxes, [f"query {int(q)} ({float(scores[q]):.2f})" for q in top]
+)
+plt.show()
+results["attention_layers"] = len(attention)
+results["attention_rows_sum_to_one"] = bool(torch.allclose(attention[-1].sum(-1), torch.ones(1)))
+
+# %%
+path = nc.write_results(RESULTS_DIR, "05_finetuning", results)
+print(f"recorded in {path}:")
+for key, value in sorted(results.items()):
+    print(f"  {key} = {value}")
