@@ -14,6 +14,8 @@ export JUPYTER_DATA_DIR="$ROOT/.cache/jupyter/data"
 export JUPYTER_RUNTIME_DIR="$ROOT/.cache/jupyter/runtime"
 export IPYTHONDIR="$ROOT/.cache/ipython"
 export PIP_DISABLE_PIP_VERSION_CHECK=1
+# IPython and matplotlib warn (and fall back to a temp dir) when their folder is missing
+mkdir -p "$MPLCONFIGDIR" "$IPYTHONDIR" "$JUPYTER_RUNTIME_DIR"
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[updetr-lite] creating $VENV"
   "$PY" -m venv "$VENV"
