@@ -87,6 +87,15 @@ def test_notebook_list_matches_the_folder():
 # ------------------------------------------------------------------------------ executed
 
 
+def test_00_one_page_loss_equals_the_kit_and_falls(shared):
+    r = _run("00_updetr_in_one_page", shared, STEPS=12)
+    # the page's plain-PyTorch loss and the kit's SetCriterion on the same predictions
+    assert r["loss_kit"] == pytest.approx(r["loss_page"], rel=1e-5)
+    losses = r["losses"]
+    assert len(losses) == r["steps"] == 3  # SMOKE overrides STEPS
+    assert all(math.isfinite(x) for x in losses)
+
+
 def test_01_random_query_patches(shared):
     r = _run("01_random_query_patches", shared)
     m, p = r["num_patches"], r["patch_size"]

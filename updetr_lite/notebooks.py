@@ -16,6 +16,7 @@ from .notebook_checks import project_root
 
 KERNEL = "updetr-lite"
 NOTEBOOKS = (
+    "00_updetr_in_one_page",
     "01_random_query_patches",
     "02_multi_query_patches",
     "03_matching_and_losses",
