@@ -399,10 +399,10 @@ def _paper_plan() -> Plan:
     t4 = table4_rows(
         "DETR",
         (voc["detr", "short"],),
-        ("(a)", ("ft_voc_abl_a",)),
-        ("(b) frozen CNN", ("ft_voc_abl_b",)),
-        ("(c) reconstruction", ("ft_voc_abl_c",)),
-        ("(d) frozen CNN + reconstruction", ("ft_voc_abl_d",)),
+        ("(a) CNN trains, no reconstruction", ("ft_voc_abl_a",)),
+        ("(b) frozen CNN, no reconstruction", ("ft_voc_abl_b",)),
+        ("(c) CNN trains, reconstruction", ("ft_voc_abl_c",)),
+        ("(d) frozen CNN, reconstruction", ("ft_voc_abl_d",)),
     )
     artefacts = {
         "table1": t1,
