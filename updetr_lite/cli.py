@@ -152,7 +152,7 @@ def _rank() -> int:
     return du.get_rank() if du.get_world_size() > 1 else int(os.environ.get("RANK", 0))
 
 
-def _warn_random_cnn(cfg) -> None:
+def _warn_random_cnn(cfg, stage: str) -> None:
     """The paper preset without CNN weights trains on a random ResNet-50 (frozen in
     pre-training): say so loudly, unless ``model.backbone_weights=random`` asked for it."""
     from .config import RANDOM_CNN
@@ -165,10 +165,11 @@ def _warn_random_cnn(cfg) -> None:
             file=sys.stderr,
         )
     elif not cfg.model.backbone_weights and cfg.name == "paper":
+        frozen = stage == "pretrain" and cfg.model.frozen_cnn
         bar = "!" * 78
         print(
             f"{bar}\n{PROG}: WARNING: preset paper without model.backbone_weights: the "
-            f"{cfg.model.backbone} is RANDOM (not SwAV){', frozen' if cfg.model.frozen_cnn else ''}"
+            f"{cfg.model.backbone} is RANDOM (not SwAV){', frozen' if frozen else ''}"
             "; the numbers will not be the paper's.\n  Give --set model.backbone_weights="
             "/path/swav_800ep_pretrain.pth.tar, or --set model.backbone_weights="
             f"{RANDOM_CNN} to train on a random CNN on purpose.\n{bar}",
@@ -205,7 +206,7 @@ def _cmd_train(args, stage: str) -> int:
         resume = _join_job(cfg, stage, out, init, resume, args.device)
     if init is not None and not Path(init).is_file():
         raise FileNotFoundError(f"--init: checkpoint not found: {init}")
-    _warn_random_cnn(cfg)
+    _warn_random_cnn(cfg, stage)
     summary = train(cfg, stage, out, init=init, resume=resume, device=args.device)
     if _rank() == 0:  # one summary per job, not one per process
         print(json.dumps(summary, indent=2, default=_jsonable))
