@@ -195,3 +195,33 @@ def test_ranks_of_one_job_must_run_the_same_settings(tmp_path):
         assert p.returncode != 0, text[-2000:]
         assert "does not run what rank 0 runs" in text, text[-2000:]
     assert not (tmp_path / "n0" / "pre" / "log.jsonl").exists()  # stopped before training
+
+
+def test_skip_counts_of_every_rank_are_logged(tmp_path):
+    from PIL import Image
+
+    from updetr_lite.engine.train import merge_skip_reports
+
+    a = {"too_small": 1, "unreadable": 0, "files": ["a"]}
+    b = {"too_small": 2, "unreadable": 1, "files": ["b", "c"]}
+    assert merge_skip_reports([a, b]) == {"too_small": 3, "unreadable": 1, "files": ["a", "b", "c"]}
+    assert merge_skip_reports([{}, {}]) == {}
+    # 8 images, 4 of them too small (a side <= 16 px): two processes each read half
+    root = tmp_path / "images"
+    root.mkdir()
+    for i in range(8):
+        size = (12, 40) if i % 2 else (64, 48)
+        Image.new("RGB", size, (i * 30, 80, 160)).save(root / f"im{i}.png")
+    cmd = driver.training_command(
+        "pretrain",
+        "smoke",
+        [f"data.pretext_root={root}", "pretrain.cache_features=False", "pretrain.epochs=1"]
+        + [f"data.cache_dir={tmp_path / 'cache'}"],
+        tmp_path / "pre",
+        launch=driver.Launch(2, 1, 0),  # torchrun, 2 processes (gloo on the CPU)
+    )
+    r = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=200)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    (skips,) = records(tmp_path / "pre" / "log.jsonl", "skips")
+    assert skips["report"]["too_small"] == 4 and len(skips["report"]["files"]) == 4
+    assert r.stdout.count('"stage": "pretrain"') == 1  # one summary, rank 0's

@@ -681,7 +681,8 @@ def train(
         sampler.start = 0
         skip = getattr(data.source, "skip_report", None)
         if skip is not None and epoch_finished:
-            report = skip()  # counted, logged skips (images too small for query patches)
+            # counted, logged skips (images too small for query patches), of every rank's shard
+            report = merge_skip_reports(du.all_gather_object(skip()))
             if report:
                 log.write(
                     {"type": "skips", "step": step, "epoch": epoch, "report": _jsonable(report)}
@@ -736,6 +737,18 @@ def train(
         "images_per_s": images_seen / max(wall, 1e-9),
     }
     return summary
+
+
+def merge_skip_reports(reports: list[dict]) -> dict:
+    """One skip report from every rank's: counts summed, the first 20 files; {} if none."""
+    out: dict = {}
+    for r in reports:
+        for k, v in (r or {}).items():
+            if k == "files":
+                out["files"] = (out.get("files", []) + list(v))[:20]
+            else:
+                out[k] = out.get(k, 0) + v
+    return out if any(v for k, v in out.items() if k != "files") else {}
 
 
 def _jsonable(x):
