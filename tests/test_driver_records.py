@@ -161,3 +161,38 @@ def test_the_log_says_what_was_trained(tmp_path):
         "stopped_by": "max_steps",
     }
     assert s["steps"] == 3 and s["stopped_by"] == "max_steps"
+
+
+def test_a_launch_beside_live_workers_is_refused(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # a "torchrun" that starts a worker and dies by SIGKILL: the worker lives on (its
+    # output elsewhere: a worker on the pipe would keep stream() reading until it ends)
+    code = (
+        "import os, signal, subprocess, sys, time\n"
+        "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'],\n"
+        "                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "print('worker', w.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = tmp_path / "train.out"
+    with pytest.raises(RuntimeError, match="exit -9"):
+        driver.stream([sys.executable, "-c", code], out, echo=lambda *_: None)
+    lock = tmp_path / "train.pgid"
+    pgid = int(lock.read_text().split()[0])
+    try:
+        with pytest.raises(driver.LiveProcessesError, match=f"kill -- -{pgid}"):
+            driver.stream([sys.executable, "-c", "print(1)"], out, echo=lambda *_: None)
+    finally:
+        os.killpg(pgid, signal.SIGKILL)
+    for _ in range(50):  # the worker is reaped by init; wait until its group is gone
+        if subprocess.run(["ps", "-g", str(pgid)], capture_output=True).returncode:
+            break
+        time.sleep(0.1)
+    shown = []
+    driver.stream([sys.executable, "-c", "print('again')"], out, echo=shown.append)
+    assert shown == ["again"] and not lock.exists()

@@ -572,31 +572,84 @@ def _child_env(threads: int, keep_threads: bool = False) -> dict:
     return env
 
 
+class LiveProcessesError(RuntimeError):
+    """Processes of an earlier launch of a run still run (e.g. torchrun killed with -9 leaves
+    its workers): a new launch would write beside them into the same folder."""
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: alive
+        return True
+    return True
+
+
+def check_no_live_launch(lock: Path) -> None:
+    """Raise LiveProcessesError if the process group recorded in ``lock`` (by ``stream``)
+    still has a process; a stale lock is removed."""
+    try:
+        pgid = int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    if _group_alive(pgid):
+        raise LiveProcessesError(
+            f"{lock}: processes of an earlier launch of this run (process group {pgid}) are "
+            f"still running and would write beside a new one; end them (kill -- -{pgid}) and rerun"
+        )
+    lock.unlink(missing_ok=True)
+
+
 def stream(cmd: list[str], log_path: str | Path, threads: int = 1, echo=print) -> None:
     """Run ``cmd``, echoing its output line by line and copying it to ``log_path``;
-    raise RuntimeError naming the log on a non-zero exit."""
+    raise RuntimeError naming the log on a non-zero exit.
+
+    The command runs in a process group of its own, recorded in ``log_path`` with suffix
+    ``.pgid`` until every process of it has ended: killing torchrun with -9 leaves its
+    workers running, and a later launch beside them is refused (``check_no_live_launch``).
+    An exception here (e.g. the kernel interrupted) ends the whole group."""
+    import signal
+
     env = _child_env(threads, keep_threads=True)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = log_path.with_suffix(".pgid")
+    check_no_live_launch(lock)
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            bufsize=1,
+            start_new_session=True,
         )
-        last, held = 0.0, None
-        for line in proc.stdout:  # text mode: tqdm's carriage returns arrive as lines
-            log.write(line)
-            line = line.rstrip()
-            if "%|" in line:  # a progress bar redraw: echo one every 10 s
-                held = line
-                if time.monotonic() - last < 10:
-                    continue
-                last, held = time.monotonic(), None
-            echo(line)
-        if held:
-            echo(held)
-        rc = proc.wait()
+        lock.write_text(f"{proc.pid} {' '.join(cmd[:4])}\n")
+        try:
+            last, held = 0.0, None
+            for line in proc.stdout:  # text mode: tqdm's carriage returns arrive as lines
+                log.write(line)
+                line = line.rstrip()
+                if "%|" in line:  # a progress bar redraw: echo one every 10 s
+                    held = line
+                    if time.monotonic() - last < 10:
+                        continue
+                    last, held = time.monotonic(), None
+                echo(line)
+            if held:
+                echo(held)
+            rc = proc.wait()
+        except BaseException:
+            if _group_alive(proc.pid):
+                os.killpg(proc.pid, signal.SIGTERM)
+            raise
+    if not _group_alive(proc.pid):
+        lock.unlink(missing_ok=True)
     if rc:
         raise RuntimeError(f"training process failed (exit {rc}): see {log_path}")
 
