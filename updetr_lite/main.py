@@ -104,7 +104,8 @@ class Plan:
     # artefact -> rows; fig5 and fig6 list pre-training runs
     artefacts: dict[str, list[Row]]
     notes: dict[str, str] = field(default_factory=dict)
-    x_key: str = "step"  # x axis of learning curves
+    # x axis of learning curves: 'step', or 'epoch' (fractional: step / steps per epoch)
+    x_key: str = "step"
 
     def runs_for(self, only: list[str] | None = None) -> list[str]:
         """Run names (needs included, in dependency order) for the artefacts in ``only``

@@ -4,7 +4,10 @@ A run folder (see ``updetr_lite.main``) holds ``config.json``, ``log.jsonl`` and
 finished, ``DONE``. This module reads them, puts the paper's numbers (``PAPER``, from
 shared/paper/reference-facts.md and the paper's tables) beside the reproduced ones with the
 difference, and draws the learning curves. A run that is absent, unfinished or failed is
-shown as such; nothing is ever filled in.
+shown as such, a run stopped before its plan's end is marked SHORTENED; nothing is ever
+filled in. Each table's comparisons are the pairs the paper draws (``Row.vs`` in the plan:
+UP-DETR vs DETR at the same schedule, M=10 vs M=1, the Table 4 cells), our gain beside the
+paper's.
 
 Numbers: AP metrics in percent (COCO-style, pycocotools), as the paper prints them. An arm
 with several seeds shows mean +- standard deviation and each seed's value.
