@@ -795,8 +795,8 @@ def fig6_verdict(plan, out_root: str | Path) -> str:
             why.append(
                 f"{', '.join(not_done)} not finished"
                 if not_done
-                else f"{with_mask} / {without}: {len(y1)} / {len(y0)} loss records (5 needed; "
-                "pretrain.log_every larger than a short run logs none)"
+                else f"{with_mask} / {without}: {len(y1)} / {len(y0)} loss records, 5 needed "
+                "(a run logs every pretrain.log_every steps)"
             )
             continue
         k = max(1, m // 5)
