@@ -225,3 +225,29 @@ def test_skip_counts_of_every_rank_are_logged(tmp_path):
     (skips,) = records(tmp_path / "pre" / "log.jsonl", "skips")
     assert skips["report"]["too_small"] == 4 and len(skips["report"]["files"]) == 4
     assert r.stdout.count('"stage": "pretrain"') == 1  # one summary, rank 0's
+
+
+def test_resume_without_a_shared_folder_uses_rank_0s_checkpoint(three_ways, tmp_path):
+    root = three_ways[0]
+    for node in (0, 1):
+        shutil.copytree(root / f"apart{node}", tmp_path / f"n{node}")
+    assert not (tmp_path / "n1" / "ft" / "last.pth").exists()  # only rank 0 wrote it
+    port = free_port(1)
+    procs = []
+    for node in (0, 1):
+        cmd = driver.training_command(
+            "finetune",
+            "smoke",
+            [*PLAN["ft"][1], f"data.cache_dir={root / f'node{node}' / 'cache'}"],
+            tmp_path / f"n{node}" / "ft",
+            str(tmp_path / f"n{node}" / "pre" / "last.pth"),
+            resume=node == 0,  # node 1 has no checkpoint: rank 0 decides, and sends it
+            launch=driver.Launch(0, 2, node, "127.0.0.1", port),
+        )
+        procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=200)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    assert f"received rank 0's {tmp_path / 'n1' / 'ft' / 'last.pth'}" in outs[1]
+    # the run had finished: resumed, it trains nothing more and ends where it was
+    ends = records(tmp_path / "n0" / "ft" / "log.jsonl", "end")
+    assert ends == records(root / "apart0" / "ft" / "log.jsonl", "end")
