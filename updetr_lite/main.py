@@ -513,7 +513,7 @@ class Launch:
     nodes: int = 1
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
-    master_port: int = 29500
+    master_port: int = 29500  # the driver: the first port, one per run (run_port)
     threads: int = 0  # torch threads of one process; 0: the cores shared among the jobs
 
 
