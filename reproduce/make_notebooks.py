@@ -88,17 +88,24 @@ launch = driver.Launch(gpus, nodes, node_rank, master_addr, master_port, threads
 cmd = driver.training_command(stage, preset, overrides, run_dir, init or None, resume, launch)
 print("settings:", *overrides, sep="\\n  ")
 print("$", " ".join(cmd))
-driver.stream(cmd, run_dir / "train.out", threads)
+# several nodes: each node's console in its own file (a shared folder holds them all)
+driver.stream(cmd, run_dir / f"train{driver.node_suffix(node_rank)}.out", threads)
+# only global rank 0 (on node 0) writes log.jsonl: the other nodes draw nothing
+has_log = node_rank == 0 and (run_dir / "log.jsonl").exists()
+if not has_log:
+    print(f"node {node_rank}: log.jsonl and the curves are node 0's")
 """
     plots = """\
-fig = report.plot_run(run_dir, run_dir / "curves.png")
+if has_log:
+    fig = report.plot_run(run_dir, run_dir / "curves.png")
 """
     terms = """\
 # the weighted loss terms of the last decoder layer: where the learning happens
-fig = report.plot_loss_terms(run_dir, run_dir / "loss_terms.png")
+if has_log:
+    fig = report.plot_loss_terms(run_dir, run_dir / "loss_terms.png")
 """
     final = """\
-ev = report.eval_records(report.read_jsonl(run_dir / "log.jsonl"))
+ev = report.eval_records(report.read_jsonl(run_dir / "log.jsonl")) if has_log else []
 if ev:
     last = ev[-1]
     shown = ", ".join(f"{k} {last[k]:.1f}" for k in ("AP", "AP50", "AP75") if k in last)

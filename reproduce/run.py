@@ -6,8 +6,9 @@
 
 Every run is a notebook of this folder executed with papermill (kernel 'updetr-lite') into
 DIR/<run-name>/. Finished runs (a DONE marker) are skipped, so rerunning the same command
-resumes an interrupted reproduction; a failed run is reported with its log and the others
-go on. The report (DIR/report/report.md) is rebuilt at the end from whatever logs exist.
+resumes an interrupted reproduction (a command with other settings than a run already in
+DIR is refused); a failed run is reported with its log and the others go on. Several
+nodes: the same command on every node, each with its --node-rank. The report (DIR/report/report.md) is rebuilt at the end from whatever logs exist.
 See reproduce/README.md and updetr_lite/main.py.
 """
 
@@ -47,7 +48,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--nodes", type=int, default=1)
     ap.add_argument("--node-rank", type=int, default=0)
     ap.add_argument("--master-addr", default="127.0.0.1")
-    ap.add_argument("--master-port", type=int, default=29500)
+    ap.add_argument(
+        "--master-port",
+        type=int,
+        default=29500,
+        help="first rendezvous port: run r of the plan uses this + r (every node the same)",
+    )
     ap.add_argument(
         "--jobs", type=int, default=0, help="runs side by side (default: 2 on CPU, 1 on GPUs)"
     )

@@ -2,6 +2,7 @@
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -70,8 +71,8 @@ def small_plan():
     runs.update({n: Run(n, "pretrain") for n in ("p0", "q0")})
     t1 = [
         Row("DETR", ("a0", "a1"), "table1/DETR/150"),
-        Row("UP-DETR", ("b0", "b1"), "table1/UP-DETR/150"),
-        Row("UP-DETR crop", ("c0", "c_missing"), "table1/UP-DETR/150"),
+        Row("UP-DETR", ("b0", "b1"), "table1/UP-DETR/150", ("DETR",)),
+        Row("UP-DETR crop", ("c0", "c_missing"), "table1/UP-DETR/150", ("DETR", "UP-DETR")),
     ]
     arts = {
         "table1": t1,
@@ -79,7 +80,10 @@ def small_plan():
         "fig3": t1,
         "table2": [],
         "table3": [Row("DETR", ("a0", "a1"), "table3/DETR")],
-        "table4": [Row("DETR", ("a0", "a1"), "table4/DETR"), Row("(d)", ("b0",), "table4/d")],
+        "table4": [
+            Row("DETR", ("a0", "a1"), "table4/DETR"),
+            Row("(d)", ("b0",), "table4/d", ("DETR",)),
+        ],
         "fig4": [Row("DETR", ("a0", "a1"), "table4/DETR")],
         "fig6": [Row("mask", ("p0",)), Row("no mask", ("q0",))],
         "fig5": [],
@@ -130,9 +134,10 @@ def test_table_mean_sd_paper_and_differences(runs_root):
     assert detr["AP"] == f"{m:.1f} ± {sd:.1f}"
     assert detr["AP paper"] == "49.9" and detr["AP diff"] == f"{m - 49.9:+.1f}"
     up_m = statistics.fmean([10.0, 12.0])
-    assert up["AP gain"] == f"{up_m - m:+.1f}"
+    assert up["vs"] == "DETR" and up["AP gain"] == f"{up_m - m:+.1f}"
     assert up["AP gain paper"] == f"{56.1 - 49.9:+.1f}"
     assert up["AP seeds"] == "10.0, 12.0"
+    assert "AP gain" not in detr and "vs" not in detr  # the baseline is compared with nothing
     # c0 failed and c_missing never ran: shown as missing, nothing filled in
     assert crop["AP"] == "missing" and crop["AP diff"] == "–"
     assert "c0 (failed)" in crop["runs"] and "c_missing (missing)" in crop["runs"]
@@ -258,3 +263,190 @@ def test_export_results_copies_small_files(runs_root, tmp_path):
     assert not any(n.endswith(".pth") for n in names)
     runs = (tmp_path / "results" / "runs.md").read_text()
     assert "| a0 | done | – | 12 |" in runs and "| c0 | failed |" in runs
+
+
+# ----------------------------------------------------------------------------- the paper's pairs
+
+# final (AP, AP50) in percent of each paper-scale fine-tuning, made up for the test
+PAPER_RUNS = {
+    "ft_voc_detr_short": (10.0, 20.0),
+    "ft_voc_updetr_short": (13.0, 27.0),
+    "ft_voc_detr_long": (15.0, 30.0),
+    "ft_voc_updetr_long": (16.5, 31.0),
+    "ft_coco_detr_short": (5.0, 9.0),
+    "ft_coco_updetr_short": (6.0, 11.0),
+    "ft_coco_detr_long": (7.0, 12.0),
+    "ft_coco_updetr_long": (6.5, 12.5),
+    "ft_voc_abl_m1": (11.0, 22.0),
+    "ft_voc_abl_a": (9.0, 19.0),
+    "ft_voc_abl_b": (12.0, 25.0),
+    "ft_voc_abl_c": (4.0, 8.0),
+    "ft_voc_abl_d": (12.5, 26.0),
+}
+# (table, arm run, compared-with run, metric, the paper's gain from reference-facts.md)
+PAPER_PAIRS = [
+    ("table1", "ft_voc_updetr_short", "ft_voc_detr_short", "AP", 56.1 - 49.9),
+    ("table1", "ft_voc_updetr_long", "ft_voc_detr_long", "AP", 57.2 - 54.1),
+    ("table1", "ft_voc_updetr_long", "ft_voc_detr_long", "AP50", 80.1 - 78.0),
+    ("table2", "ft_coco_updetr_short", "ft_coco_detr_short", "AP", 40.5 - 39.7),
+    ("table2", "ft_coco_updetr_long", "ft_coco_detr_long", "AP", 42.8 - 42.1),
+    ("table3", "ft_voc_abl_m1", "ft_voc_detr_short", "AP", 53.1 - 49.9),
+    ("table3", "ft_voc_abl_d", "ft_voc_abl_m1", "AP", 54.9 - 53.1),
+    ("table3", "ft_voc_abl_d", "ft_voc_detr_short", "AP", 54.9 - 49.9),
+    ("table4", "ft_voc_abl_a", "ft_voc_detr_short", "AP50", 74.0 - 74.5),
+    ("table4", "ft_voc_abl_b", "ft_voc_detr_short", "AP50", 78.7 - 74.5),
+    ("table4", "ft_voc_abl_b", "ft_voc_abl_a", "AP50", 78.7 - 74.0),
+    ("table4", "ft_voc_abl_c", "ft_voc_detr_short", "AP50", 62.0 - 74.5),
+    ("table4", "ft_voc_abl_d", "ft_voc_detr_short", "AP50", 78.7 - 74.5),
+    ("table4", "ft_voc_abl_d", "ft_voc_abl_c", "AP50", 78.7 - 62.0),
+    ("table4", "ft_voc_abl_d", "ft_voc_abl_b", "AP50", 78.7 - 78.7),
+]
+STEPS_PER_EPOCH = 40
+
+
+def write_paper_runs(root, shortened=()):
+    """Paper-scale run folders: a plan record, train records every 10 steps (4 a epoch), an
+    evaluation per epoch ending in PAPER_RUNS' numbers, a DONE with the trained record."""
+    for name, (ap, ap50) in PAPER_RUNS.items():
+        d = root / name
+        d.mkdir(parents=True)
+        (d / "config.json").write_text(json.dumps({"model": {"backbone_weights": "swav.pth"}}))
+        recs = [{"type": "plan", "steps_per_epoch": STEPS_PER_EPOCH, "planned_steps": 120}]
+        for step in range(10, 121, 10):
+            recs.append({"type": "train", "step": step, "epoch": (step - 1) // 40, "loss": 1.0})
+            if step % STEPS_PER_EPOCH == 0:
+                e = step // STEPS_PER_EPOCH
+                recs.append(
+                    {"type": "eval", "step": step, "epoch": e - 1, "AP": ap / 100 * e / 3}
+                    | {"AP50": ap50 / 100 * e / 3}
+                )
+        with open(d / "log.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in recs)
+        short = name in shortened
+        done = {"steps": 2 if short else 120, "plan_steps": 120, "complete": not short}
+        done |= {"epochs": 0.05 if short else 3.0, "plan_epochs": 3.0, "images_seen": 64}
+        (d / "DONE").write_text(json.dumps(done | {"stopped_by": "max_steps"}))
+
+
+def test_report_draws_the_papers_pairs_with_the_papers_gains(tmp_path):
+    from updetr_lite.main import plan
+
+    root = tmp_path / "out"
+    write_paper_runs(root)
+    p = plan("paper")
+    drawn = {
+        t: {
+            (a.runs[0].name, b.runs[0].name)
+            for a, b in report.pairs(report.arm_results(p, t, root))
+        }
+        for t in report.TABLE_METRICS
+    }
+    # exactly the paper's pairs, none against the wrong row (e.g. UP-DETR/300 vs DETR/150)
+    for t in report.TABLE_METRICS:
+        assert drawn[t] == {(a, b) for tt, a, b, _, _ in PAPER_PAIRS if tt == t}, t
+    res = report.build_report(p, root, tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    summary = md.split("## Summary")[1].split("\n## ")[0]
+    for t, a, b, key, gain in PAPER_PAIRS:
+        ours = PAPER_RUNS[a][key == "AP50"] - PAPER_RUNS[b][key == "AP50"]
+        arms = {arm.runs[0].name: arm for arm in report.arm_results(p, t, root)}
+        comp = report.comparison_rows(list(arms.values()), report.TABLE_METRICS[t])
+        (row,) = [r for r in comp if r["comparison"] == f"{arms[a].label} vs {arms[b].label}"]
+        assert row[f"{key} gain"] == f"{ours:+.1f}", (t, a, b)
+        assert row[f"{key} gain paper"] == f"{gain:+.1f}", (t, a, b)
+        if key in report.CLAIM_KEYS[t]:
+            line = f"{arms[a].label} vs {arms[b].label}: {key} "
+            hit = [x for x in summary.splitlines() if line in x and report.CLAIMS[t] in x]
+            assert len(hit) == 1 and f"({ours:+.1f}; paper {gain:+.1f})" in hit[0], line
+    # the table's own gain column: against the row the paper compares it with
+    t1 = {r["arm"]: r for r in res["tables"]["table1"]}
+    assert t1["UP-DETR/300"]["vs"] == "DETR/300"
+    assert t1["UP-DETR/300"]["AP gain"] == "+1.5" and t1["UP-DETR/300"]["AP gain paper"] == "+3.1"
+    assert "C1 (Table 2, COCO) (AP)" in summary and "DETR/300 vs DETR/150" not in md
+    assert (tmp_path / "rep" / "table4_comparisons.csv").exists()
+
+
+def test_curves_use_fractional_epochs_or_steps(tmp_path):
+    from updetr_lite.main import plan
+
+    root = tmp_path / "out"
+    write_paper_runs(root)
+    records = report.load_run(root, "ft_voc_detr_short").records
+    x, _ = report.curve(records, "loss", "epoch")
+    assert x == pytest.approx([s / STEPS_PER_EPOCH for s in range(10, 121, 10)])
+    assert len(set(x)) == len(x)  # no comb: every record has its own x
+    x, _ = report.curve(records, "AP", "epoch")
+    assert x == pytest.approx([1.0, 2.0, 3.0])
+    assert report.curve(records, "loss")[0] == list(range(10, 121, 10))
+    with pytest.raises(ValueError, match="plan record"):
+        report.curve([{"type": "train", "step": 1, "epoch": 0, "loss": 1.0}], "loss", "epoch")
+    # every figure: its axis is the x of its lines
+    plt = report._plt()
+    p = plan("paper")
+    fig, ax = plt.subplots()
+    report.plot_curves(p, p.artefacts["fig3"], root, "AP", tmp_path / "f.png", "t", "epoch", ax=ax)
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata())]
+    assert len(lines) == 8 and all(list(ln.get_xdata()) == [1.0, 2.0, 3.0] for ln in lines)
+    assert ax.get_xlabel().startswith("epoch")
+    # one run without a plan record: the whole figure falls back to steps
+    log = root / "ft_coco_detr_long" / "log.jsonl"
+    log.write_text("".join(ln + "\n" for ln in log.read_text().splitlines()[1:]))
+    fig, ax = plt.subplots()
+    report.plot_curves(p, p.artefacts["fig3"], root, "AP", tmp_path / "f.png", "t", "epoch", ax=ax)
+    lines = [ln for ln in ax.get_lines() if len(ln.get_xdata())]
+    assert all(list(ln.get_xdata()) == [40, 80, 120] for ln in lines)
+    assert ax.get_xlabel() == "optimizer step"
+
+
+def test_report_axes_figure6_in_steps(runs_root, tmp_path, monkeypatch):
+    from updetr_lite.main import plan
+
+    seen = {}
+    real = report.plot_curves
+
+    def spy(plan_, rows, out_root, key, path, title, x_key="step", window=1, ax=None):
+        seen[Path(path).stem] = x_key
+        return real(plan_, rows, out_root, key, path, title, x_key, window, ax)
+
+    monkeypatch.setattr(report, "plot_curves", spy)
+    report.build_report(plan("paper"), runs_root, tmp_path / "rep")
+    assert seen == {"fig1": "epoch", "fig3": "epoch", "fig4": "epoch", "fig6": "step"}
+
+
+def test_shortened_runs_are_labelled_everywhere(tmp_path):
+    from updetr_lite.main import plan
+
+    root = tmp_path / "out"
+    write_paper_runs(root, shortened=("ft_voc_updetr_long",))
+    p = plan("paper")
+    res = report.build_report(p, root, tmp_path / "rep")
+    t1 = {r["arm"]: r for r in res["tables"]["table1"]}
+    assert t1["UP-DETR/300"]["AP"] == "16.5 (SHORTENED)"
+    assert "SHORTENED: 2 of 120 planned steps" in t1["UP-DETR/300"]["runs"]
+    assert "SHORTENED" not in t1["UP-DETR/150"]["AP"] + t1["UP-DETR/150"]["runs"]
+    md = (tmp_path / "rep" / "report.md").read_text()
+    (line,) = [x for x in md.splitlines() if "C1 (Table 1, VOC) (AP): UP-DETR/300" in x]
+    assert "SHORTENED runs (ft_voc_updetr_long): not the plan's result" in line
+    (row,) = [
+        x for x in (tmp_path / "rep" / "table1.md").read_text().splitlines() if "UP-DETR/300" in x
+    ]
+    assert "(SHORTENED)" in row
+    report.export_results(root, tmp_path / "results")
+    runs = (tmp_path / "results" / "runs.md").read_text()
+    assert "| ft_voc_updetr_long | done, SHORTENED | 2 |" in runs
+
+
+def test_random_cnn_runs_are_named_in_the_report(runs_root, tmp_path):
+    p = small_plan()
+    (runs_root / "a0" / "config.json").write_text(json.dumps({"model": {"backbone_weights": None}}))
+    (runs_root / "b0" / "config.json").write_text(
+        json.dumps({"model": {"backbone_weights": "random"}})
+    )
+    (runs_root / "b1" / "config.json").write_text(
+        json.dumps({"model": {"backbone_weights": "x.pth"}})
+    )
+    text = report.random_cnn_text(p, runs_root)
+    assert "WARNING: 1 run(s) trained on a RANDOM CNN" in text and "(a0)" in text
+    assert "on purpose (model.backbone_weights=random): b0." in text and "b1" not in text
+    report.build_report(p, runs_root, tmp_path / "rep")
+    assert "RANDOM CNN" in (tmp_path / "rep" / "report.md").read_text()

@@ -68,6 +68,11 @@ def test_smoke_reproduction_end_to_end(smoke):
             cfg = json.loads((d / "config.json").read_text())
             assert cfg["name"] == "smoke"
             assert report.read_jsonl(d / "log.jsonl"), name
+            # what was trained, against the plan: the smoke plan's full 2 epochs
+            done = json.loads((d / "DONE").read_text())
+            assert done["complete"] is True and done["stopped_by"] == "epochs", name
+            assert done["steps"] == done["plan_steps"] and done["epochs"] == 2, name
+            assert done["config"] == cfg, name
     # the fine-tunes evaluate: every Table 1 run has a final AP
     for row in p.artefacts["table1"]:
         for n in row.runs:
@@ -106,6 +111,24 @@ def test_rerun_skips_finished_runs_and_resumes(smoke):
     params = json.loads((out / "ft_scratch_s0" / "parameters.json").read_text())
     assert params["resume"] is True and (out / "ft_scratch_s0" / "DONE").exists()
     assert "--resume" in (out / "ft_scratch_s0" / "train.out").read_text()
+
+
+def test_a_rerun_with_other_settings_is_refused(smoke):
+    out, proc, _ = smoke
+    assert proc.returncode == 0
+    before = (out / "pre_roi_s0" / "DONE").read_text()
+    r = subprocess.run(
+        RUN
+        + ["--scale", "smoke", "--only", "fig6", "--out", str(out)]
+        + ["--set", "pretrain.max_steps=1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "holds a run with other settings (pretrain.max_steps 0 -> 1)" in r.stderr
+    assert (out / "pre_roi_s0" / "DONE").read_text() == before  # nothing ran
 
 
 def test_missing_run_is_shown_missing(smoke, tmp_path):

@@ -23,6 +23,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import traceback
 from pathlib import Path
@@ -145,16 +146,70 @@ def cmd_data_build(args) -> int:
     return 0
 
 
+def _rank() -> int:
+    from .engine import distributed as du
+
+    return du.get_rank() if du.get_world_size() > 1 else int(os.environ.get("RANK", 0))
+
+
+def _warn_random_cnn(cfg, stage: str) -> None:
+    """The paper preset without CNN weights trains on a random ResNet-50 (frozen in
+    pre-training): say so loudly, unless ``model.backbone_weights=random`` asked for it."""
+    from .config import RANDOM_CNN
+
+    if _rank() != 0:
+        return
+    if cfg.model.backbone_weights == RANDOM_CNN:
+        print(
+            f"{PROG}: note: model.backbone_weights={RANDOM_CNN}: a random CNN, on purpose",
+            file=sys.stderr,
+        )
+    elif not cfg.model.backbone_weights and cfg.name == "paper":
+        frozen = stage == "pretrain" and cfg.model.frozen_cnn
+        bar = "!" * 78
+        print(
+            f"{bar}\n{PROG}: WARNING: preset paper without model.backbone_weights: the "
+            f"{cfg.model.backbone} is RANDOM (not SwAV){', frozen' if frozen else ''}"
+            "; the numbers will not be the paper's.\n  Give --set model.backbone_weights="
+            "/path/swav_800ep_pretrain.pth.tar, or --set model.backbone_weights="
+            f"{RANDOM_CNN} to train on a random CNN on purpose.\n{bar}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _join_job(cfg, stage: str, out: str, init, resume: bool, device):
+    """Several processes (torchrun): join the process group, check that every rank runs the
+    same run and configuration, take rank 0's --resume, and copy rank 0's init and resume
+    checkpoints to ranks that lack them (nodes without a shared folder)."""
+    import torch
+
+    from .engine import distributed as du
+
+    du.init_distributed(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    du.check_same_job(du.job_identity(cfg.to_dict(), stage, Path(out).name, init is not None))
+    resume = bool(du.broadcast_object(resume))
+    files = ([str(init)] if init else []) + ([str(Path(out) / "last.pth")] if resume else [])
+    for path in du.share_files(files):
+        print(f"[{PROG}] rank {du.get_rank()}: received rank 0's {path}", flush=True)
+    return resume
+
+
 def _cmd_train(args, stage: str) -> int:
     from .engine.train import train
 
     cfg = _config(args)
     out = args.out or f"runs/{stage}"
     init = getattr(args, "init", None)
+    resume = args.resume
+    if int(os.environ.get("WORLD_SIZE", 1)) > 1:
+        resume = _join_job(cfg, stage, out, init, resume, args.device)
     if init is not None and not Path(init).is_file():
         raise FileNotFoundError(f"--init: checkpoint not found: {init}")
-    summary = train(cfg, stage, out, init=init, resume=args.resume, device=args.device)
-    print(json.dumps(summary, indent=2, default=_jsonable))
+    _warn_random_cnn(cfg, stage)
+    summary = train(cfg, stage, out, init=init, resume=resume, device=args.device)
+    if _rank() == 0:  # one summary per job, not one per process
+        print(json.dumps(summary, indent=2, default=_jsonable))
     return 0
 
 

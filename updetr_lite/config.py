@@ -26,6 +26,10 @@ class ConfigError(ValueError):
     """A setting that cannot work; the message is one line for the user."""
 
 
+# model.backbone_weights=random: no CNN weights, on purpose (the paper preset warns without)
+RANDOM_CNN = "random"
+
+
 @dataclass
 class ModelConfig:
     backbone: str = "resnet50"  # resnet18 | resnet34 | resnet50 | resnet101

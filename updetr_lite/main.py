@@ -38,7 +38,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .config import get_config
+from .config import RANDOM_CNN, get_config
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK_DIR = ROOT / "reproduce"
@@ -85,12 +85,15 @@ class Run:
 
 @dataclass(frozen=True)
 class Row:
-    """One line of a table or curve of a figure: an arm, its runs (one per seed) and the
-    key of the paper's number it stands beside (``report.PAPER``)."""
+    """One line of a table or curve of a figure: an arm, its runs (one per seed), the key of
+    the paper's number it stands beside (``report.PAPER``) and the rows it is compared with."""
 
     label: str
     runs: tuple[str, ...]
     paper: str | None = None
+    # labels of the rows of the same artefact this row is compared with, as the paper does
+    # (e.g. UP-DETR/300 vs DETR/300); the report's gains and the Summary's claims
+    vs: tuple[str, ...] = ()
 
 
 @dataclass
@@ -101,7 +104,8 @@ class Plan:
     # artefact -> rows; fig5 and fig6 list pre-training runs
     artefacts: dict[str, list[Row]]
     notes: dict[str, str] = field(default_factory=dict)
-    x_key: str = "step"  # x axis of learning curves
+    # x axis of learning curves: 'step', or 'epoch' (fractional: step / steps per epoch)
+    x_key: str = "step"
 
     def runs_for(self, only: list[str] | None = None) -> list[str]:
         """Run names (needs included, in dependency order) for the artefacts in ``only``
@@ -232,10 +236,17 @@ def _small_plan(scale: str) -> Plan:
     runs["localize"] = Run("localize", "localize", needs=tuple(pre_roi) + (pre_crop,) + nomask)
     runs["report"] = Run("report", "report")
 
+    detr = "DETR (scratch transformers)"
+    roi_row = "UP-DETR, patch feature 'roi' (lite)"
     t1 = [
-        Row("DETR (scratch transformers)", scratch, "table1/DETR/150"),
-        Row("UP-DETR, patch feature 'roi' (lite)", ft_roi, "table1/UP-DETR/150"),
-        Row("UP-DETR, patch feature 'crop' (paper's)", ft_crop, "table1/UP-DETR/150"),
+        Row(detr, scratch, "table1/DETR/150"),
+        Row(roi_row, ft_roi, "table1/UP-DETR/150", vs=(detr,)),
+        Row(
+            "UP-DETR, patch feature 'crop' (paper's)",
+            ft_crop,
+            "table1/UP-DETR/150",
+            (detr, roi_row),
+        ),
     ]
     artefacts = {
         "table1": t1,
@@ -244,16 +255,17 @@ def _small_plan(scale: str) -> Plan:
         "table2": [],
         "table3": [
             Row("DETR", scratch, "table3/DETR"),
-            Row("UP-DETR (M=1)", ft_m1, "table3/M=1"),
-            Row("UP-DETR (M=4, N=20)", ft_roi, "table3/M=10"),
+            Row("UP-DETR (M=1)", ft_m1, "table3/M=1", ("DETR",)),
+            Row("UP-DETR (M=4, N=20)", ft_roi, "table3/M=10", ("UP-DETR (M=1)", "DETR")),
         ],
-        "table4": [
-            Row("DETR (scratch transformers)", scratch, "table4/DETR"),
-            Row("(a) CNN trains, no reconstruction", ft_a, "table4/a"),
-            Row("(b) frozen CNN, no reconstruction", ft_b, "table4/b"),
-            Row("(c) CNN trains, reconstruction", ft_c, "table4/c"),
-            Row("(d) frozen CNN, reconstruction", ft_roi, "table4/d"),
-        ],
+        "table4": table4_rows(
+            detr,
+            scratch,
+            ("(a) CNN trains, no reconstruction", ft_a),
+            ("(b) frozen CNN, no reconstruction", ft_b),
+            ("(c) CNN trains, reconstruction", ft_c),
+            ("(d) frozen CNN, reconstruction", ft_roi),
+        ),
         "fig6": [
             Row("with attention mask", tuple(pre_roi)),
             Row("without attention mask", nomask),
@@ -300,6 +312,19 @@ def _small_plan(scale: str) -> Plan:
         "fig6": "Pretext loss (the criterion's weighted total) per step.",
     }
     return Plan(scale, scale, runs, artefacts, notes, "step")
+
+
+def table4_rows(detr: str, detr_runs, a, b, c, d) -> list[Row]:
+    """Table 4's rows, (label, runs) each, with the cells the paper compares: every case
+    against DETR, frozen against trained CNN at equal reconstruction ((b) vs (a), (d) vs
+    (c)) and reconstruction against none with the frozen CNN ((d) vs (b))."""
+    return [
+        Row(detr, tuple(detr_runs), "table4/DETR"),
+        Row(a[0], tuple(a[1]), "table4/a", (detr,)),
+        Row(b[0], tuple(b[1]), "table4/b", (detr, a[0])),
+        Row(c[0], tuple(c[1]), "table4/c", (detr,)),
+        Row(d[0], tuple(d[1]), "table4/d", (detr, c[0], b[0])),
+    ]
 
 
 # The paper's schedules (reference-facts.md): pre-training 60 epochs (drop 40), ablations 15
@@ -357,25 +382,29 @@ def _paper_plan() -> Plan:
         ft(f"ft_voc_abl_{k}", "short", abl[k])
     runs["localize"] = Run("localize", "localize", needs=(p,))
     runs["report"] = Run("report", "report")
+    # the paper compares UP-DETR with DETR at the same schedule (Tables 1 and 2)
     t1 = [
         Row("DETR/150", (voc["detr", "short"],), "table1/DETR/150"),
-        Row("UP-DETR/150", (voc["updetr", "short"],), "table1/UP-DETR/150"),
+        Row("UP-DETR/150", (voc["updetr", "short"],), "table1/UP-DETR/150", ("DETR/150",)),
         Row("DETR/300", (voc["detr", "long"],), "table1/DETR/300"),
-        Row("UP-DETR/300", (voc["updetr", "long"],), "table1/UP-DETR/300"),
+        Row("UP-DETR/300", (voc["updetr", "long"],), "table1/UP-DETR/300", ("DETR/300",)),
     ]
     t2 = [
         Row("DETR (SwAV CNN)/150", (cc["detr", "short"],), "table2/DETR/150"),
-        Row("UP-DETR/150", (cc["updetr", "short"],), "table2/UP-DETR/150"),
+        Row(
+            "UP-DETR/150", (cc["updetr", "short"],), "table2/UP-DETR/150", ("DETR (SwAV CNN)/150",)
+        ),
         Row("DETR (SwAV CNN)/300", (cc["detr", "long"],), "table2/DETR/300"),
-        Row("UP-DETR/300", (cc["updetr", "long"],), "table2/UP-DETR/300"),
+        Row("UP-DETR/300", (cc["updetr", "long"],), "table2/UP-DETR/300", ("DETR (SwAV CNN)/300",)),
     ]
-    t4 = [
-        Row("DETR", (voc["detr", "short"],), "table4/DETR"),
-        Row("(a)", ("ft_voc_abl_a",), "table4/a"),
-        Row("(b) frozen CNN", ("ft_voc_abl_b",), "table4/b"),
-        Row("(c) reconstruction", ("ft_voc_abl_c",), "table4/c"),
-        Row("(d) frozen CNN + reconstruction", ("ft_voc_abl_d",), "table4/d"),
-    ]
+    t4 = table4_rows(
+        "DETR",
+        (voc["detr", "short"],),
+        ("(a) CNN trains, no reconstruction", ("ft_voc_abl_a",)),
+        ("(b) frozen CNN, no reconstruction", ("ft_voc_abl_b",)),
+        ("(c) CNN trains, reconstruction", ("ft_voc_abl_c",)),
+        ("(d) frozen CNN, reconstruction", ("ft_voc_abl_d",)),
+    )
     artefacts = {
         "table1": t1,
         "fig1": t1,
@@ -383,8 +412,8 @@ def _paper_plan() -> Plan:
         "fig3": t1 + t2,
         "table3": [
             Row("DETR", (voc["detr", "short"],), "table3/DETR"),
-            Row("UP-DETR (M=1)", ("ft_voc_abl_m1",), "table3/M=1"),
-            Row("UP-DETR (M=10)", ("ft_voc_abl_d",), "table3/M=10"),
+            Row("UP-DETR (M=1)", ("ft_voc_abl_m1",), "table3/M=1", ("DETR",)),
+            Row("UP-DETR (M=10)", ("ft_voc_abl_d",), "table3/M=10", ("UP-DETR (M=1)", "DETR")),
         ],
         "table4": t4,
         "fig4": t4,
@@ -415,7 +444,7 @@ def run_overrides(p: Plan, name: str, out: Path, overrides: list[str] = ()) -> l
     ov = list(p.runs[name].overrides)
     # one data and feature cache for every run, wherever a notebook's kernel starts
     ov.append(f"data.cache_dir={Path(get_config(p.preset).data.cache_dir).resolve()}")
-    if p.scale != "paper" and p.runs[name].kind != "lite_cnn":
+    if "cnn" in p.runs and p.runs[name].kind != "lite_cnn":
         ov.append(f"model.backbone_weights={Path(out).resolve() / 'cnn' / 'cnn.pth'}")
     return ov + list(overrides) + list(p.runs[name].late)
 
@@ -457,7 +486,7 @@ def check_paper_inputs(p: Plan, names: list[str], overrides: list[str], coco_roo
         need.append(("data.detection_root", cfg.data.detection_root))
     if any("data.detection=coco" in p.runs[n].overrides for n in names):
         need.append(("coco_root", coco_root or ""))
-    if kinds & {"pretrain", "finetune"}:
+    if kinds & {"pretrain", "finetune"} and cfg.model.backbone_weights != RANDOM_CNN:
         need.append(("model.backbone_weights", cfg.model.backbone_weights or ""))
     for key, path in need:
         if not path or not os.path.exists(path):
@@ -465,6 +494,11 @@ def check_paper_inputs(p: Plan, names: list[str], overrides: list[str], coco_roo
             shown = repr(path) if path else "not set"
             raise MissingDataError(
                 f"paper scale needs {key} ({shown}): give {flag}, {HOW_TO_GET[key]}"
+                + (
+                    f" (or --set {key}={RANDOM_CNN}: a random CNN, on purpose)"
+                    if key == "model.backbone_weights"
+                    else ""
+                )
             )
 
 
@@ -479,7 +513,7 @@ class Launch:
     nodes: int = 1
     node_rank: int = 0
     master_addr: str = "127.0.0.1"
-    master_port: int = 29500
+    master_port: int = 29500  # the driver: the first port, one per run (run_port)
     threads: int = 0  # torch threads of one process; 0: the cores shared among the jobs
 
 
@@ -539,31 +573,84 @@ def _child_env(threads: int, keep_threads: bool = False) -> dict:
     return env
 
 
+class LiveProcessesError(RuntimeError):
+    """Processes of an earlier launch of a run still run (e.g. torchrun killed with -9 leaves
+    its workers): a new launch would write beside them into the same folder."""
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: alive
+        return True
+    return True
+
+
+def check_no_live_launch(lock: Path) -> None:
+    """Raise LiveProcessesError if the process group recorded in ``lock`` (by ``stream``)
+    still has a process; a stale lock is removed."""
+    try:
+        pgid = int(lock.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return
+    if _group_alive(pgid):
+        raise LiveProcessesError(
+            f"{lock}: processes of an earlier launch of this run (process group {pgid}) are "
+            f"still running and would write beside a new one; end them (kill -- -{pgid}) and rerun"
+        )
+    lock.unlink(missing_ok=True)
+
+
 def stream(cmd: list[str], log_path: str | Path, threads: int = 1, echo=print) -> None:
     """Run ``cmd``, echoing its output line by line and copying it to ``log_path``;
-    raise RuntimeError naming the log on a non-zero exit."""
+    raise RuntimeError naming the log on a non-zero exit.
+
+    The command runs in a process group of its own, recorded in ``log_path`` with suffix
+    ``.pgid`` until every process of it has ended: killing torchrun with -9 leaves its
+    workers running, and a later launch beside them is refused (``check_no_live_launch``).
+    An exception here (e.g. the kernel interrupted) ends the whole group."""
+    import signal
+
     env = _child_env(threads, keep_threads=True)
     log_path = Path(log_path)
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = log_path.with_suffix(".pgid")
+    check_no_live_launch(lock)
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
         proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, bufsize=1
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            bufsize=1,
+            start_new_session=True,
         )
-        last, held = 0.0, None
-        for line in proc.stdout:  # text mode: tqdm's carriage returns arrive as lines
-            log.write(line)
-            line = line.rstrip()
-            if "%|" in line:  # a progress bar redraw: echo one every 10 s
-                held = line
-                if time.monotonic() - last < 10:
-                    continue
-                last, held = time.monotonic(), None
-            echo(line)
-        if held:
-            echo(held)
-        rc = proc.wait()
+        lock.write_text(f"{proc.pid} {' '.join(cmd[:4])}\n")
+        try:
+            last, held = 0.0, None
+            for line in proc.stdout:  # text mode: tqdm's carriage returns arrive as lines
+                log.write(line)
+                line = line.rstrip()
+                if "%|" in line:  # a progress bar redraw: echo one every 10 s
+                    held = line
+                    if time.monotonic() - last < 10:
+                        continue
+                    last, held = time.monotonic(), None
+                echo(line)
+            if held:
+                echo(held)
+            rc = proc.wait()
+        except BaseException:
+            if _group_alive(proc.pid):
+                os.killpg(proc.pid, signal.SIGTERM)
+            raise
+    if not _group_alive(proc.pid):
+        lock.unlink(missing_ok=True)
     if rc:
         raise RuntimeError(f"training process failed (exit {rc}): see {log_path}")
 
@@ -577,8 +664,132 @@ class Result:
     message: str = ""
 
 
+def node_suffix(node_rank: int) -> str:
+    """What a node's own files in a run folder carry (a shared folder holds every node's)."""
+    return "" if node_rank == 0 else f".node{node_rank}"
+
+
 def done_marker(out: Path, name: str, node_rank: int = 0) -> Path:
-    return Path(out) / name / ("DONE" if node_rank == 0 else f"DONE.node{node_rank}")
+    return Path(out) / name / f"DONE{node_suffix(node_rank)}"
+
+
+# single-process runs: node 0 runs them, the other nodes only the training jobs
+NODE0_KINDS = ("lite_cnn", "localize", "report")
+
+
+def run_port(p: Plan, name: str, base: int) -> int:
+    """The rendezvous port of run ``name``: ``base`` + its place among the plan's run names,
+    so that two runs never meet on one port (every node computes the same number)."""
+    return base + sorted(p.runs).index(name)
+
+
+def settings_digest(config: dict) -> str:
+    """The digest of a resolved configuration that the ranks of a job and a rerun into the
+    same --out must share (location settings reduced to their last path component)."""
+    from .engine.distributed import job_identity
+
+    return job_identity(config, "", "", False)["settings"]
+
+
+def _flat_settings(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat_settings(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def settings_diff(before: dict, now: dict, limit: int = 4) -> str:
+    """``section.field before -> now`` for the settings that differ (at most ``limit``)."""
+    a, b = (
+        _flat_settings(json.loads(json.dumps(before))),
+        _flat_settings(json.loads(json.dumps(now))),
+    )
+    keys = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    shown = ", ".join(f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in keys[:limit])
+    return shown + (f" and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
+def plan_schedule(p: Plan, name: str) -> tuple[int, int]:
+    """(epochs, max_steps) that the plan itself sets for training run ``name`` (the preset
+    and the plan's overrides; the user's --set is not the plan)."""
+    run = p.runs[name]
+    tc = getattr(get_config(p.preset), run.kind)
+    epochs, max_steps = tc.epochs, tc.max_steps
+    for o in run.overrides:
+        key, _, value = o.partition("=")
+        if key == f"{run.kind}.epochs":
+            epochs = int(value)
+        elif key == f"{run.kind}.max_steps":
+            max_steps = int(value)
+    return epochs, max_steps
+
+
+def trained_record(p: Plan, name: str, run_dir: Path) -> dict:
+    """What run ``name`` trained (its log's ``plan`` and ``end`` records) against the plan's
+    schedule: steps, fractional epochs, images seen, the plan's steps and epochs, what
+    stopped it and ``complete`` (False: stopped before the plan's end, e.g. by a max_steps
+    budget given with --set). Empty when the log (rank 0's) is not in this folder."""
+    from .report import read_jsonl
+
+    log = run_dir / "log.jsonl"
+    records = read_jsonl(log) if log.exists() else []
+    plan_rec = next((r for r in records if r.get("type") == "plan"), None)
+    end = next((r for r in reversed(records) if r.get("type") == "end"), None)
+    if plan_rec is None or end is None:
+        return {}
+    epochs, max_steps = plan_schedule(p, name)
+    spe = plan_rec["steps_per_epoch"]
+    plan_steps = epochs * spe if max_steps <= 0 else min(max_steps, epochs * spe)
+    return {
+        "steps": end["steps"],
+        "epochs": round(end["epochs_trained"], 4),
+        "images_seen": end["images_seen"],
+        "plan_steps": plan_steps,
+        "plan_epochs": round(plan_steps / spe, 4),
+        "stopped_by": end["stopped_by"],
+        "complete": end["steps"] >= plan_steps,
+    }
+
+
+def check_not_mixed(p: Plan, names: list[str], out: Path, overrides, node_rank: int = 0):
+    """Refuse (ReproduceError) to continue or skip a training run whose folder holds a run
+    of other settings (its DONE or, unfinished, its config.json): a dry run shortened with
+    --set ...max_steps must never pass for the full run of a later command."""
+    for n in names:
+        if p.runs[n].kind not in ("pretrain", "finetune"):
+            continue
+        d, marker = Path(out) / n, done_marker(out, n, node_rank)
+        before, done = None, {}
+        try:
+            if marker.exists():
+                done = json.loads(marker.read_text() or "{}")
+                before = done.get("config")
+            elif (d / "config.json").exists():
+                before = json.loads((d / "config.json").read_text())
+        except ValueError:
+            continue
+        if before is None:
+            continue  # a DONE of an older kit: nothing to compare
+        now = run_config(p, n, out, overrides).to_dict()
+        if settings_digest(before) == settings_digest(now):
+            continue
+        short = f"; it {trained_label(done)}" if done.get("complete") is False else ""
+        raise ReproduceError(
+            f"{d} holds a run with other settings ({settings_diff(before, now)}){short}: "
+            f"not mixing it with this command's; use another --out, or delete {d} to rerun it"
+        )
+
+
+def trained_label(t: dict) -> str:
+    """'stopped by max_steps at step 2 of the plan's 300000 (0.0007 of 60 epochs)'."""
+    return (
+        f"stopped by {t.get('stopped_by', '?')} at step {t.get('steps')} of the plan's "
+        f"{t.get('plan_steps')} ({t.get('epochs')} of {t.get('plan_epochs')} epochs, "
+        f"{t.get('images_seen')} images)"
+    )
 
 
 def notebook_parameters(
@@ -602,12 +813,14 @@ def notebook_parameters(
         params.update(
             stage=run.kind,
             init=str(out / run.init / "last.pth") if run.init else "",
+            # several processes: rank 0's choice counts (nodes without a shared folder
+            # receive its checkpoint, cli._join_job)
             resume=(run_dir / "last.pth").exists(),
             gpus=launch.gpus,
             nodes=launch.nodes,
             node_rank=launch.node_rank,
             master_addr=launch.master_addr,
-            master_port=launch.master_port,
+            master_port=run_port(p, name, launch.master_port),
         )
     if run.kind == "lite_cnn":
         budget = LITE_BUDGET if p.scale == "lite" else SMOKE_BUDGET
@@ -628,9 +841,9 @@ def execute_run(
     run_dir = out / name
     run_dir.mkdir(parents=True, exist_ok=True)
     params = notebook_parameters(p, name, out, overrides, launch)
-    param_file = run_dir / "parameters.json"
+    suffix = node_suffix(launch.node_rank)
+    param_file = run_dir / f"parameters{suffix}.json"
     param_file.write_text(json.dumps(params, indent=1))
-    suffix = "" if launch.node_rank == 0 else f".node{launch.node_rank}"
     nb_out = run_dir / f"{run.kind}{suffix}.ipynb"
     pm_log = run_dir / f"papermill{suffix}.log"
     cmd = [
@@ -657,14 +870,19 @@ def execute_run(
             rc = -1
             log.write(f"\n[reproduce] timed out after {timeout} s\n")
     seconds = time.monotonic() - t0
-    train_log = run_dir / "train.out"
+    train_log = run_dir / f"train{suffix}.out"
     shown = train_log if train_log.exists() else pm_log
     if rc == 0:
+        record = {"seconds": round(seconds, 1), "finished": time.time()}
+        if run.kind in ("pretrain", "finetune"):
+            record["config"] = run_config(p, name, out, overrides).to_dict()
+            record.update(trained_record(p, name, run_dir))
         if run.kind != "report":
-            done_marker(out, name, launch.node_rank).write_text(
-                json.dumps({"seconds": round(seconds, 1), "finished": time.time()}) + "\n"
-            )
-        return Result(name, "done", seconds, str(shown))
+            done_marker(out, name, launch.node_rank).write_text(json.dumps(record) + "\n")
+        message = ""
+        if record.get("complete") is False:
+            message = f"{name}: {trained_label(record)}; the report labels it"
+        return Result(name, "done", seconds, str(shown), message)
     return Result(
         name,
         "failed",
@@ -704,14 +922,19 @@ def execute(
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     launch = launch or Launch()
-    jobs = jobs or default_jobs(launch.gpus)
+    # several nodes: one job at a time, so that every node starts the runs in one order
+    jobs = 1 if launch.nodes > 1 else jobs or default_jobs(launch.gpus)
+    check_not_mixed(p, names, out, overrides, launch.node_rank)
     if launch.threads <= 0:  # the cores shared among the jobs and their processes
         launch.threads = max(1, (os.cpu_count() or 1) // (jobs * max(1, launch.gpus)))
     results: dict[str, Result] = {}
     pending = [n for n in names if n != "report"]
     lock = threading.Lock()
     for n in pending:
-        if done_marker(out, n, launch.node_rank).exists():
+        if launch.node_rank > 0 and p.runs[n].kind in NODE0_KINDS:
+            results[n] = Result(n, "skipped", 0.0, "", "node 0 runs it")
+            echo(f"[reproduce] {n}: node 0 runs it")
+        elif done_marker(out, n, launch.node_rank).exists():
             results[n] = Result(n, "skipped", 0.0, "", "finished before (DONE)")
             echo(f"[reproduce] {n}: finished before, skipped")
     pending = [n for n in pending if n not in results]
@@ -784,9 +1007,14 @@ def execute(
                     results[n] = r
                 if r.status == "done":
                     echo(f"[reproduce] {n}: done in {r.seconds:.0f} s")
+                    if r.message:
+                        echo(f"[reproduce] NOTE {r.message}")
                 else:
                     echo(f"[reproduce] FAILED {r.message}")
-    if "report" in names:
+    if "report" in names and launch.node_rank > 0:
+        results["report"] = Result("report", "skipped", 0.0, "", "node 0 builds it")
+        echo("[reproduce] report: node 0 builds it")
+    elif "report" in names:
         echo("[reproduce] report: started")
         r = execute_run(p, "report", out, list(overrides), launch, timeout)
         results["report"] = r
@@ -794,7 +1022,7 @@ def execute(
             f"[reproduce] report: {'done' if r.status == 'done' else 'FAILED ' + r.message} "
             f"({out / 'report'})"
         )
-    (out / "status.json").write_text(
+    (out / f"status{node_suffix(launch.node_rank)}.json").write_text(
         json.dumps({n: r.__dict__ for n, r in results.items()}, indent=1) + "\n"
     )
     return results
@@ -823,7 +1051,19 @@ def reproduce(
     names = p.runs_for(only)
     overrides = list(overrides)
     get_config(p.preset, overrides)  # a bad --set fails here, once, not in every run
+    launch = launch or Launch()
+    if launch.nodes > 1 and any(p.runs[n].kind == "lite_cnn" for n in names):
+        raise ReproduceError(
+            f"--nodes {launch.nodes}: several nodes are for --scale paper (the lite CNN and "
+            "the report run on one machine)"
+        )
     check_paper_inputs(p, names, overrides, coco_root)
+    cfg = get_config(p.preset, overrides)
+    if p.scale == "paper" and cfg.model.backbone_weights == RANDOM_CNN:
+        echo(
+            f"[reproduce] WARNING: model.backbone_weights={RANDOM_CNN}: every run trains on a "
+            "random CNN (asked for); the report says so"
+        )
     if coco_root:
         for n in names:
             if "data.detection=coco" in p.runs[n].overrides:

@@ -4,7 +4,10 @@ A run folder (see ``updetr_lite.main``) holds ``config.json``, ``log.jsonl`` and
 finished, ``DONE``. This module reads them, puts the paper's numbers (``PAPER``, from
 shared/paper/reference-facts.md and the paper's tables) beside the reproduced ones with the
 difference, and draws the learning curves. A run that is absent, unfinished or failed is
-shown as such; nothing is ever filled in.
+shown as such, a run stopped before its plan's end is marked SHORTENED; nothing is ever
+filled in. Each table's comparisons are the pairs the paper draws (``Row.vs`` in the plan:
+UP-DETR vs DETR at the same schedule, M=10 vs M=1, the Table 4 cells), our gain beside the
+paper's.
 
 Numbers: AP metrics in percent (COCO-style, pycocotools), as the paper prints them. An arm
 with several seeds shows mean +- standard deviation and each seed's value.
@@ -17,7 +20,7 @@ import json
 import math
 import shutil
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # The paper's numbers (R50). Keys: "<table>/<row>"; AP metrics in percent.
@@ -109,13 +112,32 @@ _METRIC_ALIASES = {
 
 @dataclass
 class RunData:
-    """What one run folder holds. status: done | unfinished | failed | missing."""
+    """What one run folder holds. status: done | unfinished | failed | missing. ``trained``:
+    the driver's DONE record (steps, epochs, images seen, the plan's steps, ``complete``);
+    empty when DONE carries none."""
 
     name: str
     status: str
     config: dict | None
     records: list[dict]
     path: Path
+    trained: dict = field(default_factory=dict)
+
+    @property
+    def shortened(self) -> bool:
+        """Finished, but before the plan's end (e.g. a max_steps budget given with --set)."""
+        return self.status == "done" and self.trained.get("complete") is False
+
+    def label(self) -> str:
+        """How a table names this run: its name, and what it trained when shortened."""
+        if not self.shortened:
+            return self.name
+        t = self.trained
+        return (
+            f"{self.name} SHORTENED: {t.get('steps')} of {t.get('plan_steps')} planned steps "
+            f"({t.get('epochs')} of {t.get('plan_epochs')} epochs, {t.get('images_seen')} "
+            f"images; stopped by {t.get('stopped_by')})"
+        )
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -150,7 +172,15 @@ def load_run(out_root: str | Path, name: str) -> RunData:
         status = "unfinished"
     if not records and status == "done":
         status = "unfinished"  # a DONE without a log is not a result
-    return RunData(name, status, cfg, records, path)
+    trained = {}
+    if status == "done":
+        try:
+            trained = json.loads((path / "DONE").read_text() or "{}")
+        except ValueError:
+            trained = {}
+        trained = trained if isinstance(trained, dict) else {}
+        trained.pop("config", None)
+    return RunData(name, status, cfg, records, path, trained)
 
 
 def _running(path: Path) -> bool:
@@ -207,24 +237,39 @@ def final_metrics(run: RunData) -> dict[str, float] | None:
     return ev[-1] if ev else None
 
 
+def steps_per_epoch(records: list[dict]) -> int | None:
+    """Optimizer steps per epoch, from the log's ``plan`` record (None without one)."""
+    plan = next((r for r in records if r.get("type") == "plan"), None)
+    return plan.get("steps_per_epoch") if plan else None
+
+
 def curve(records: list[dict], key: str, x_key: str = "step") -> tuple[list, list]:
     """(x, y) of ``key``: a COCO metric from evaluation records, or any other number
-    (e.g. ``loss``) from the records that have it."""
+    (e.g. ``loss``) from the records that have it. x: the optimizer step, or with
+    ``x_key='epoch'`` the fractional epoch step / steps_per_epoch (never the integer epoch
+    of a record: hundreds of records share one); ValueError when the log has no plan
+    record to say how many steps an epoch has."""
+    scale = 1.0
+    if x_key == "epoch" and records:
+        spe = steps_per_epoch(records)
+        if not spe:
+            raise ValueError("x_key='epoch' needs the log's plan record (steps_per_epoch)")
+        scale = 1.0 / spe
     xs, ys = [], []
     if key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
         for m in eval_records(records):
-            if key in m and m.get(x_key) is not None:
-                xs.append(m[x_key])
+            if key in m and m.get("step") is not None:
+                xs.append(m["step"] * scale)
                 ys.append(m[key])
         return xs, ys
     for r in records:
         if r.get("type", "train") != "train":  # epoch means, eval, init: not curve points
             continue
         flat = _flat(r)
-        if key in flat and flat.get(x_key) is not None and not _is_eval(r):
+        if key in flat and flat.get("step") is not None and not _is_eval(r):
             v = flat[key]
             if isinstance(v, int | float) and math.isfinite(v):
-                xs.append(flat[x_key])
+                xs.append(flat["step"] * scale)
                 ys.append(float(v))
     return xs, ys
 
@@ -257,6 +302,12 @@ class ArmResult:
     runs: list[RunData]
     metrics: list[dict | None]  # per run (seed), None when the run has no result
     paper: dict[str, float] | None
+    vs: tuple[str, ...] = ()  # labels of the arms the paper compares this one with
+    paper_key: str | None = None
+
+    @property
+    def shortened(self) -> list[RunData]:
+        return [r for r in self.runs if r.shortened]
 
     def values(self, key: str) -> list[float]:
         return [m[key] for m in self.metrics if m is not None and key in m]
@@ -268,10 +319,13 @@ class ArmResult:
 
     def status(self) -> str:
         done = sum(m is not None for m in self.metrics)
-        if done == len(self.runs):
-            return f"{done}/{len(self.runs)} seeds"
+        text = f"{done}/{len(self.runs)} seeds"
         missing = [f"{r.name} ({r.status})" for r, m in zip(self.runs, self.metrics) if m is None]
-        return f"{done}/{len(self.runs)} seeds; missing: {', '.join(missing)}"
+        if missing:
+            text += f"; missing: {', '.join(missing)}"
+        if self.shortened:
+            text += "; " + "; ".join(r.label() for r in self.shortened)
+        return text
 
 
 def arm_results(plan, artefact: str, out_root: str | Path) -> list[ArmResult]:
@@ -279,20 +333,50 @@ def arm_results(plan, artefact: str, out_root: str | Path) -> list[ArmResult]:
     for row in plan.artefacts.get(artefact, []):
         runs = [load_run(out_root, n) for n in row.runs]
         metrics = [final_metrics(r) for r in runs]
+        paper = PAPER.get(row.paper) if row.paper else None
         arms.append(
-            ArmResult(row.label, runs, metrics, PAPER.get(row.paper) if row.paper else None)
+            ArmResult(row.label, runs, metrics, paper, tuple(getattr(row, "vs", ())), row.paper)
         )
     return arms
 
 
+def pairs(arms: list[ArmResult]) -> list[tuple[ArmResult, ArmResult]]:
+    """The comparisons the paper draws in one table: (arm, the arm it is compared with), from
+    each row's ``vs`` labels; ValueError naming a label that is no row of the table."""
+    by_label = {a.label: a for a in arms}
+    out = []
+    for a in arms:
+        for label in a.vs:
+            if label not in by_label:
+                raise ValueError(f"row {a.label!r} is compared with {label!r}: no such row")
+            out.append((a, by_label[label]))
+    return out
+
+
+def paper_gain(a: ArmResult, b: ArmResult, key: str) -> float | None:
+    """The paper's a - b on ``key``; None where the paper has no such pair (no number, or
+    both arms stand beside the same paper row, e.g. two lite variants of UP-DETR/150)."""
+    if not a.paper or not b.paper or a.paper_key == b.paper_key:
+        return None
+    if key not in a.paper or key not in b.paper:
+        return None
+    return round(a.paper[key] - b.paper[key], 1)
+
+
 def compare(a: ArmResult, b: ArmResult, key: str) -> str:
-    """A sentence comparing arm ``a`` with arm ``b`` on ``key``, seed by seed. A conclusion
-    is drawn only with at least two seeds on each side."""
+    """A sentence comparing arm ``a`` with arm ``b`` on ``key``, seed by seed, with the
+    paper's gain for the same pair. A conclusion is drawn only with at least two seeds on
+    each side, and never from runs shortened before the plan's end."""
     va, vb = a.values(key), b.values(key)
+    pg = paper_gain(a, b, key)
+    paper = f"; paper {pg:+.1f}" if pg is not None else ""
     if not va or not vb:
-        return f"{a.label} vs {b.label}: no result yet ({a.status()}; {b.status()})."
+        return f"{a.label} vs {b.label}: no result yet{paper} ({a.status()}; {b.status()})."
     ma, mb = statistics.fmean(va), statistics.fmean(vb)
-    text = f"{a.label} vs {b.label}: {key} {ma:.1f} vs {mb:.1f} ({ma - mb:+.1f})"
+    text = f"{a.label} vs {b.label}: {key} {ma:.1f} vs {mb:.1f} ({ma - mb:+.1f}{paper})"
+    short = [r.name for r in a.shortened + b.shortened]
+    if short:
+        return text + f"; SHORTENED runs ({', '.join(short)}): not the plan's result."
     if len(va) < 2 or len(vb) < 2:
         return text + f"; {len(va)} vs {len(vb)} seed(s): too few to conclude."
     # every pairing of seeds: how often a beats b
@@ -318,27 +402,49 @@ def _list(v: list[float]) -> str:
 # ----------------------------------------------------------------------------- tables
 
 
-def table_rows(arms: list[ArmResult], metrics: tuple[str, ...], baseline: int | None = 0):
-    """Rows (dicts) of a table: per metric the reproduced mean +- sd, the paper's number,
-    reproduced - paper, and the gain over the baseline row (reproduced and paper)."""
+def table_rows(arms: list[ArmResult], metrics: tuple[str, ...]):
+    """Rows (dicts) of a table: per metric the reproduced mean +- sd (marked SHORTENED when
+    a run stopped before the plan's end), the paper's number, reproduced - paper, and the
+    gain over the arm the paper compares this one with (its first ``vs``; reproduced and
+    paper), named in ``vs``."""
     rows = []
-    base = arms[baseline] if baseline is not None and arms else None
+    first = {}
+    for a, b in pairs(arms):
+        first.setdefault(a.label, b)
     for arm in arms:
+        base = first.get(arm.label)
         row = {"arm": arm.label, "runs": arm.status()}
+        if base is not None:
+            row["vs"] = base.label
+        mark = " (SHORTENED)" if arm.shortened else ""
         for k in metrics:
             mean, sd, n = arm.summary(k)
             paper = arm.paper.get(k) if arm.paper else None
-            row[f"{k}"] = "missing" if n == 0 else fmt(mean) + (f" ± {fmt(sd)}" if n > 1 else "")
+            row[f"{k}"] = (
+                "missing" if n == 0 else fmt(mean) + (f" ± {fmt(sd)}" if n > 1 else "") + mark
+            )
             row[f"{k} seeds"] = _list(arm.values(k)) if n else "missing"
             row[f"{k} paper"] = fmt(paper) if paper is not None else "–"
             row[f"{k} diff"] = fmt_signed(mean - paper) if n and paper is not None else "–"
-            if base is not None and arm is not base:
+            if base is not None:
                 bmean, _, bn = base.summary(k)
-                bpaper = base.paper.get(k) if base.paper else None
                 row[f"{k} gain"] = fmt_signed(mean - bmean) if n and bn else "–"
-                row[f"{k} gain paper"] = (
-                    fmt_signed(paper - bpaper) if paper is not None and bpaper is not None else "–"
-                )
+                row[f"{k} gain paper"] = fmt_signed(paper_gain(arm, base, k))
+        rows.append(row)
+    return rows
+
+
+def comparison_rows(arms: list[ArmResult], metrics: tuple[str, ...]) -> list[dict]:
+    """Every pair the paper draws in a table, one row each: our gain and the paper's."""
+    rows = []
+    for a, b in pairs(arms):
+        row = {"comparison": f"{a.label} vs {b.label}"}
+        for k in metrics:
+            (ma, _, na), (mb, _, nb) = a.summary(k), b.summary(k)
+            row[f"{k} gain"] = fmt_signed(ma - mb) if na and nb else "–"
+            row[f"{k} gain paper"] = fmt_signed(paper_gain(a, b, k))
+        short = [r.name for r in a.shortened + b.shortened]
+        row["note"] = f"SHORTENED: {', '.join(short)}" if short else ""
         rows.append(row)
     return rows
 
@@ -428,10 +534,12 @@ def plot_curves(
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
     missing = []
     styles = ["-", "--", ":", "-."]
+    loaded = {n: load_run(out_root, n) for row in rows for n in row.runs}
+    x_key = figure_x_key(list(loaded.values()), x_key)
     for i, row in enumerate(rows):
         color = f"C{i}"
         for j, name in enumerate(row.runs):
-            run = load_run(out_root, name)
+            run = loaded[name]
             x, y = curve(run.records, key, x_key)
             if not x:
                 missing.append(name)
@@ -442,6 +550,9 @@ def plot_curves(
             if window > 1:
                 y = smooth(y, window)
             tag = "" if run.status == "done" else f" ({run.status})"
+            if run.shortened:
+                t = run.trained
+                tag = f" (SHORTENED: {t.get('steps')}/{t.get('plan_steps')} steps)"
             marker = "o" if len(x) < 60 else None  # evaluations: few points, show each
             ax.plot(
                 x,
@@ -453,7 +564,7 @@ def plot_curves(
                 ms=3,
                 label=f"{row.label} [{name}]{tag}",
             )
-    ax.set_xlabel(x_key)
+    ax.set_xlabel("epoch (step / steps per epoch)" if x_key == "epoch" else "optimizer step")
     ax.set_ylabel(key if key == "loss" else f"{key} (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -463,6 +574,14 @@ def plot_curves(
         fig.savefig(path, dpi=110)
         plt.close(fig)
     return missing
+
+
+def figure_x_key(runs: list[RunData], wanted: str) -> str:
+    """The x axis of one figure: fractional epochs when asked for and every run with records
+    says how many steps an epoch has (its plan record), else optimizer steps for all."""
+    if wanted == "epoch" and all(steps_per_epoch(r.records) for r in runs if r.records):
+        return "epoch"
+    return "step"
 
 
 def plot_run(run_dir: str | Path, path: str | Path | None = None):
@@ -586,6 +705,7 @@ def build_report(plan, out_root: str | Path, report_dir: str | Path | None = Non
         f"# UP-DETR reproduction report ({plan.scale} scale)\n",
         plan.notes.get("scale", "") + "\n",
     ]
+    md.append(random_cnn_text(plan, out_root))
     md.append("\n" + summary_section(plan, out_root))
     if plan.scale != "paper":
         md.append("\n## The frozen CNN\n\n" + cnn_probe_text(out_root))
@@ -603,18 +723,21 @@ def build_report(plan, out_root: str | Path, report_dir: str | Path | None = Non
             for r, m in zip(arm.runs, arm.metrics):
                 if m is None:
                     result["missing"].append(r.name)
-        key = "AP50" if table == "table4" else "AP"
-        if len(arms) > 1:
-            md.append("\n")
-            for arm in arms[1:]:
-                md.append(f"- {compare(arm, arms[0], key)}\n")
-            if table == "table1" and len(arms) > 2:
-                md.append(f"- {compare(arms[1], arms[2], key)}\n")
+        comp = comparison_rows(arms, TABLE_METRICS[table]) if arms else []
+        if comp:
+            (report_dir / f"{table}_comparisons.md").write_text(to_markdown(comp))
+            write_csv(comp, report_dir / f"{table}_comparisons.csv")
+            md.append("\nThe paper's comparisons (ours, the paper's gain beside):\n\n")
+            key = CLAIM_KEYS[table][0]
+            for a, b in pairs(arms):
+                md.append(f"- {compare(a, b, key)}\n")
     for fig, (source, key, title) in FIGURES.items():
         rows = plan.artefacts.get(source, [])
         path = report_dir / f"{fig}.png"
         window = 20 if key == "loss" else 1
-        missing = plot_curves(plan, rows, out_root, key, path, title, plan.x_key, window)
+        # Figure 6 compares pretext losses of runs of one schedule: steps
+        x_key = "step" if fig == "fig6" else plan.x_key
+        missing = plot_curves(plan, rows, out_root, key, path, title, x_key, window)
         result["figures"][fig] = str(path)
         md.append(f"\n## {title}\n\n![{fig}]({fig}.png)\n")
         if missing:
@@ -635,8 +758,8 @@ def build_report(plan, out_root: str | Path, report_dir: str | Path | None = Non
 
 def _compact_markdown(rows: list[dict], metrics: tuple[str, ...]) -> str:
     """The Markdown table of report.md (the table*.md / .csv files have every column): for
-    AP and AP50, reproduced, paper, reproduced - paper, and the gain over the first row
-    reproduced (paper's gain in brackets)."""
+    AP and AP50, reproduced, paper, reproduced - paper, and the gain over the row named in
+    ``vs`` (the pair the paper draws) reproduced, the paper's gain in brackets."""
     shown = [k for k in ("AP", "AP50") if k in metrics]
     out = []
     for r in rows:
@@ -648,7 +771,8 @@ def _compact_markdown(rows: list[dict], metrics: tuple[str, ...]) -> str:
             if f"{k} gain" in r:
                 row[f"{k} gain (paper)"] = f"{r[f'{k} gain']} ({r[f'{k} gain paper']})"
             else:
-                row[f"{k} gain (paper)"] = "baseline" if r is rows[0] else "–"
+                row[f"{k} gain (paper)"] = "–"
+        row["vs"] = r.get("vs", "–")
         row["runs"] = r["runs"]
         out.append(row)
     return to_markdown(out)
@@ -660,53 +784,101 @@ def fig6_verdict(plan, out_root: str | Path) -> str:
     rows = plan.artefacts.get("fig6", [])
     if len(rows) != 2:
         return "Figure 6: not planned at this scale."
-    early, late, n = 0, 0, 0
+    early, late, n, why, short = 0, 0, 0, [], []
     for with_mask, without in zip(rows[0].runs, rows[1].runs):
-        y1 = curve(load_run(out_root, with_mask).records, "loss", plan.x_key)[1]
-        y0 = curve(load_run(out_root, without).records, "loss", plan.x_key)[1]
+        r1, r0 = load_run(out_root, with_mask), load_run(out_root, without)
+        y1, y0 = curve(r1.records, "loss")[1], curve(r0.records, "loss")[1]
+        not_done = [r.name for r in (r1, r0) if r.status != "done"]
+        short += [r.name for r in (r1, r0) if r.shortened]
         m = min(len(y1), len(y0))
-        if m < 5:
+        if not_done or m < 5:
+            why.append(
+                f"{', '.join(not_done)} not finished"
+                if not_done
+                else f"{with_mask} / {without}: {len(y1)} / {len(y0)} loss records, 5 needed "
+                "(a run logs every pretrain.log_every steps)"
+            )
             continue
         k = max(1, m // 5)
         n += 1
         early += statistics.fmean(y0[:k]) < statistics.fmean(y1[:k])
         late += statistics.fmean(y1[m - k : m]) < statistics.fmean(y0[m - k : m])
     if n == 0:
-        return "Figure 6: no pair of finished pre-trainings yet."
+        return f"Figure 6: no pair of pre-trainings to compare ({'; '.join(why)})."
     text = (
         f"Figure 6 (paper: without the mask lower early, with it lower late): without the mask "
         f"lower early in {early} of {n} seed(s); with the mask lower late in {late} of {n}"
     )
+    if short:
+        return text + f"; SHORTENED runs ({', '.join(short)}): not the plan's result."
     return text + ("; one seed: too few to conclude." if n < 2 else ".")
 
 
 def summary_section(plan, out_root: str | Path) -> str:
     """What the runs say about the paper's claims, each with its seed count."""
     lines = ["## Summary\n"]
-    t1 = arm_results(plan, "table1", out_root)
-    if len(t1) >= 2:
-        for arm in t1[1:]:
-            for key in ("AP", "AP50"):
-                lines.append(f"- C1 ({key}): {compare(arm, t1[0], key)}")
-    t3 = arm_results(plan, "table3", out_root)
-    if len(t3) == 3:
-        lines.append(f"- C2 (AP): {compare(t3[2], t3[1], 'AP')}")
-    t4 = arm_results(plan, "table4", out_root)
-    if len(t4) == 5:
-        for arm in t4[1:]:
-            lines.append(f"- C3 (AP50): {compare(arm, t4[0], 'AP50')}")
-    lines.append(f"- C4: {fig6_verdict(plan, out_root)}")
+    for table, claim in CLAIMS.items():
+        arms = arm_results(plan, table, out_root)
+        if not arms:
+            lines.append(f"- {claim}: not run at this scale.")
+            continue
+        for a, b in pairs(arms):
+            for key in CLAIM_KEYS[table]:
+                lines.append(f"- {claim} ({key}): {compare(a, b, key)}")
+    lines.append(f"- C4 (Figure 6): {fig6_verdict(plan, out_root)}")
     loc = Path(out_root) / "localize" / "localization.json"
     if loc.exists():
         d = json.loads(loc.read_text())
         parts = [f"{r['label']} [{r['run']}] {r['mean_iou']:.3f}" for r in d["runs"]]
         lines.append(
-            f"- C5: mean IoU of the predicted box with the query patch's own box: "
+            f"- C5 (Figure 5): mean IoU of the predicted box with the query patch's own box: "
             f"{'; '.join(parts) or 'no model'}; a fixed box scores {d['baseline']['mean_iou']:.3f}."
         )
     else:
-        lines.append("- C5: localization missing.")
+        lines.append("- C5 (Figure 5): localization missing.")
     return "\n".join(lines) + "\n"
+
+
+# the paper's claims, by table: C1 pre-training helps DETR (VOC and COCO), C2 multiple query
+# patches beat one, C3 the frozen CNN and the reconstruction (Table 4)
+CLAIMS = {
+    "table1": "C1 (Table 1, VOC)",
+    "table2": "C1 (Table 2, COCO)",
+    "table3": "C2 (Table 3)",
+    "table4": "C3 (Table 4)",
+}
+CLAIM_KEYS = {"table1": ("AP", "AP50"), "table2": ("AP",), "table3": ("AP",), "table4": ("AP50",)}
+
+
+def random_cnn_text(plan, out_root: str | Path) -> str:
+    """A warning naming the runs trained without CNN weights (model.backbone_weights unset or
+    'random'), from their config.json; empty when there are none."""
+    from .config import RANDOM_CNN
+
+    names = sorted({n for rows in plan.artefacts.values() for row in rows for n in row.runs})
+    unset, asked = [], []
+    for n in names:
+        cfg = load_run(out_root, n).config
+        model = (cfg or {}).get("config", cfg or {}).get("model")
+        if not isinstance(model, dict) or "backbone_weights" not in model:
+            continue
+        w = model["backbone_weights"]
+        if w == RANDOM_CNN:
+            asked.append(n)
+        elif not w:
+            unset.append(n)
+    text = ""
+    if unset:
+        text += (
+            f"\n**WARNING: {len(unset)} run(s) trained on a RANDOM CNN: model.backbone_weights "
+            f"was not set** ({', '.join(unset)}). Their numbers are not the paper's setting.\n"
+        )
+    if asked:
+        text += (
+            f"\nNote: {len(asked)} run(s) trained on a random CNN on purpose "
+            f"(model.backbone_weights={RANDOM_CNN}): {', '.join(asked)}.\n"
+        )
+    return text
 
 
 def fig6_text(plan, out_root: str | Path) -> str:
@@ -714,7 +886,7 @@ def fig6_text(plan, out_root: str | Path) -> str:
     lines = []
     for row in plan.artefacts.get("fig6", []):
         for name in row.runs:
-            x, y = curve(load_run(out_root, name).records, "loss", plan.x_key)
+            x, y = curve(load_run(out_root, name).records, "loss")
             if len(y) < 5:
                 lines.append(f"- {row.label} [{name}]: missing")
                 continue
@@ -1003,8 +1175,19 @@ def export_results(out_root: str | Path, dest: str | Path) -> list[Path]:
             except (ValueError, KeyError):
                 pass
         train = [r for r in run.records if r.get("type") == "train"]
-        steps = train[-1].get("step", "–") if train else "–"
-        rows.append({"run": d.name, "status": run.status, "steps": steps, "seconds": seconds})
+        t = run.trained
+        steps = t.get("steps", train[-1].get("step", "–") if train else "–")
+        rows.append(
+            {
+                "run": d.name,
+                "status": "done, SHORTENED" if run.shortened else run.status,
+                "steps": steps,
+                "seconds": seconds,
+                "epochs": t.get("epochs", "–"),
+                "images": t.get("images_seen", "–"),
+                "plan steps": t.get("plan_steps", "–"),
+            }
+        )
     (dest / "runs.md").write_text(to_markdown(rows))
     copied.append(dest / "runs.md")
     return copied

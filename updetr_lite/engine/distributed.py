@@ -165,3 +165,87 @@ def reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, flo
     dist.all_reduce(t)
     t /= get_world_size()
     return dict(zip(keys, t.tolist()))
+
+
+# where a file or folder lives may differ between nodes; what they hold may not
+LOCATION_FIELDS = (
+    ("data", "pretext_root"),
+    ("data", "detection_root"),
+    ("data", "cache_dir"),
+    ("model", "backbone_weights"),
+)
+
+
+def job_identity(config: dict, stage: str, run: str, init: bool) -> dict:
+    """What every rank of one job must agree on: the stage, the run (its folder's name), an
+    init checkpoint or none, and a digest of the configuration (``Config.to_dict()``) with
+    the location settings reduced to their last path component."""
+    import hashlib
+    import json
+
+    cfg = json.loads(json.dumps(config))
+    for section, name in LOCATION_FIELDS:
+        value = cfg.get(section, {}).get(name)
+        if isinstance(value, str):
+            cfg[section][name] = os.path.basename(value.rstrip("/"))
+    digest = hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:16]
+    return {"stage": stage, "run": run, "init": init, "settings": digest}
+
+
+def check_same_job(identity: dict) -> None:
+    """Raise DistributedSetupError on every rank unless all ranks pass the same ``identity``
+    (two runs must never train as one DDP job, e.g. nodes that started different runs on
+    one rendezvous)."""
+    ids = all_gather_object(identity)
+    for r, other in enumerate(ids):
+        if other != ids[0]:
+            diff = "; ".join(
+                f"{k} {other.get(k)!r} vs {ids[0].get(k)!r}"
+                for k in sorted(set(other) | set(ids[0]))
+                if other.get(k) != ids[0].get(k)
+            )
+            raise DistributedSetupError(
+                f"rank {r} does not run what rank 0 runs ({diff}): every node must start the "
+                "same run with the same settings; stopped before training"
+            )
+
+
+def _file_id(path) -> tuple[int, str] | None:
+    import hashlib
+
+    if not path or not os.path.isfile(path):
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return os.path.getsize(path), h.hexdigest()
+
+
+def share_files(paths: list) -> list:
+    """Give every rank rank 0's copy of each file in ``paths`` (nodes without a shared
+    folder: only rank 0 writes checkpoints). A rank whose copy is missing or differs (size,
+    SHA-256) receives rank 0's bytes and writes them in place atomically. Returns the paths
+    this rank received; a file rank 0 lacks is left to the caller's own check."""
+    if get_world_size() == 1:
+        return []
+    ids = all_gather_object([_file_id(p) for p in paths])
+    rank, received = get_rank(), []
+    for i, path in enumerate(paths):
+        want = ids[0][i]
+        if want is None or all(r[i] == want for r in ids):
+            continue
+        data = None
+        if rank == 0:
+            with open(path, "rb") as f:
+                data = f.read()
+        data = broadcast_object(data)
+        if ids[rank][i] != want:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            tmp = f"{path}.rank{rank}.part"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+            received.append(path)
+        del data
+    return received

@@ -7,7 +7,10 @@
   loss, class_error, lr, lr_backbone, images_per_s}`` every ``log_every`` steps (averaged
   over those steps and over processes; terms are the criterion's weighted terms), ``{"type": "eval", step, epoch, AP, AP50, AP75, APs, APm, APl}`` after each
   evaluation, ``{"type": "epoch", ...}`` per-epoch loss means, ``{"type": "init", ...}`` the
-  pretext -> detector key report, ``{"type": "skips", ...}`` the pretext dataset's skip counts;
+  pretext -> detector key report, ``{"type": "skips", ...}`` the pretext dataset's skip counts,
+  ``{"type": "plan", steps_per_epoch, images_per_epoch, epochs, max_steps, planned_steps}``
+  first and ``{"type": "end", steps, planned_steps, epochs_trained, images_seen, stopped_by}``
+  last (what was trained against what was set);
 - ``last.pth`` (each epoch and every ``last_every_steps`` steps), ``best.pth`` (best AP when
   fine-tuning, lowest epoch loss when pre-training), ``epoch_K.pth`` every ``checkpoint_every``
   epochs.
@@ -598,6 +601,20 @@ def train(
     done = step >= max_steps or epoch >= tc.epochs
     per_rank = batches.loader.batch_size
     batches_per_epoch = math.ceil(sampler.num_samples / per_rank)
+    planned_steps = min(max_steps, tc.epochs * batches_per_epoch)
+    if ckpt is None:  # what this run is set to train (the report reads epochs off it)
+        log.write(
+            {
+                "type": "plan",
+                "steps_per_epoch": batches_per_epoch,
+                "images_per_epoch": len(seeded),
+                "batch_size": tc.batch_size,
+                "epochs": tc.epochs,
+                "max_steps": tc.max_steps,
+                "planned_steps": planned_steps,
+                "world_size": info.world_size,
+            }
+        )
     model.train()
     while not done:
         seeded.epoch = epoch
@@ -664,7 +681,8 @@ def train(
         sampler.start = 0
         skip = getattr(data.source, "skip_report", None)
         if skip is not None and epoch_finished:
-            report = skip()  # counted, logged skips (images too small for query patches)
+            # counted, logged skips (images too small for query patches), of every rank's shard
+            report = merge_skip_reports(du.all_gather_object(skip()))
             if report:
                 log.write(
                     {"type": "skips", "step": step, "epoch": epoch, "report": _jsonable(report)}
@@ -697,10 +715,18 @@ def train(
             save(f"epoch_{epoch}.pth", st)
         du.barrier()
     wall = time.time() - t_start
+    trained = {  # what was trained, against what was set (a max_steps budget stops early)
+        "steps": step,
+        "planned_steps": planned_steps,
+        "epochs_trained": epoch + batches_done / batches_per_epoch,
+        "images_seen": epoch * len(seeded) + min(batches_done * tc.batch_size, len(seeded)),
+        "stopped_by": "max_steps" if step < tc.epochs * batches_per_epoch else "epochs",
+    }
+    log.write({"type": "end", "epoch": epoch} | trained)
     summary = {
         "stage": stage,
         "out_dir": str(out),
-        "steps": step,
+        **trained,
         "epochs": epoch,
         "best": best,
         "metrics": last_metrics,
@@ -711,6 +737,18 @@ def train(
         "images_per_s": images_seen / max(wall, 1e-9),
     }
     return summary
+
+
+def merge_skip_reports(reports: list[dict]) -> dict:
+    """One skip report from every rank's: counts summed, the first 20 files; {} if none."""
+    out: dict = {}
+    for r in reports:
+        for k, v in (r or {}).items():
+            if k == "files":
+                out["files"] = (out.get("files", []) + list(v))[:20]
+            else:
+                out[k] = out.get(k, 0) + v
+    return out if any(v for k, v in out.items() if k != "files") else {}
 
 
 def _jsonable(x):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 
-from ..config import Config, ConfigError
+from ..config import RANDOM_CNN, Config, ConfigError
 from .backbone import Backbone
 from .criterion import SetCriterion
 from .detr import DETR
@@ -22,7 +22,7 @@ def build_backbone(cfg: Config, frozen: bool | None = None) -> Backbone:
     cfg.model.backbone_weights when set (a local file; FileNotFoundError naming it if absent)."""
     cfg.validate()  # unknown backbone, N % M, ... -> ConfigError with a one-line message
     m = cfg.model
-    weights = m.backbone_weights
+    weights = None if m.backbone_weights == RANDOM_CNN else m.backbone_weights
     if weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"model.backbone_weights: no such file: {weights}")
     frozen = m.frozen_cnn if frozen is None else frozen
