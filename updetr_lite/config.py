@@ -67,6 +67,11 @@ class PretextConfig:
     # Lite deviation: patch_proj's initial weights x this, so that the patch feature, not the
     # object query, dominates a query at the start of pre-training (1.0: PyTorch's init)
     patch_init_gain: float = 1.0
+    # 'worker': each DataLoader worker crops, resizes and augments the M patches one by one;
+    # 'device': the worker ships the uint8 image and per-patch parameters, and the patches
+    # are cut (roi_align) and augmented in one batched pass on the training device
+    # (data/device_patches.py; other numbers than 'worker', so lite and smoke keep 'worker')
+    patch_pipeline: str = "worker"
 
 
 @dataclass
@@ -156,6 +161,10 @@ class Config:
             )
         if p.patch_feature not in ("crop", "roi"):
             raise ConfigError(f"patch_feature must be 'crop' or 'roi', not {p.patch_feature!r}")
+        if p.patch_pipeline not in ("worker", "device"):
+            raise ConfigError(
+                f"pretext.patch_pipeline must be 'worker' or 'device', not {p.patch_pipeline!r}"
+            )
         if p.patch_init_gain <= 0:
             raise ConfigError(f"pretext.patch_init_gain must be > 0, not {p.patch_init_gain}")
         if m.enc_layers < 0 or m.dec_layers < 1:

@@ -174,6 +174,9 @@ class PretextDataset(Dataset):
         self.patch_size = cfg.pretext.patch_size
         self.min_patch = cfg.pretext.min_patch
         self.augment_patches = augment_patches
+        # 'device': the worker returns the uint8 image and the patch parameters, the patches
+        # are cut and augmented on the training device (data/device_patches.py)
+        self.patch_pipeline = getattr(cfg.pretext, "patch_pipeline", "worker")
         self.resize = v2.RandomShortestSize(
             min_size=list(cfg.data.pretext_scales), max_size=cfg.data.pretext_max_size
         )
@@ -264,6 +267,10 @@ class PretextDataset(Dataset):
 
     def make_sample(self, img: torch.Tensor, image_id: int = 0, generator=None):
         """uint8 [3, h, w] full-resolution image -> (image, target, patches)."""
+        if self.patch_pipeline == "device":
+            from .device_patches import device_sample
+
+            return device_sample(self, img, image_id, generator)
         h, w = img.shape[-2:]
         xyxy = sample_patch_boxes(h, w, self.num_patches, self.min_patch, generator)
         p = self.patch_size

@@ -172,6 +172,8 @@ def compute_losses(step_model, criterion, batch, device, amp: bool) -> dict[str,
     ]
     patches = batch.get("patches")
     patches = patches.to(device) if patches is not None else None
+    if batch.get("patch_params") is not None:  # pretext.patch_pipeline 'device'
+        inputs, patches = batch["patch_maker"](inputs, mask, targets, batch["patch_params"])
     boxes = torch.stack([t["boxes"] for t in targets]) if batch.get("pretext") else None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         outputs = step_model(inputs, mask, patches, boxes)
@@ -192,8 +194,9 @@ def _data_modules():
 class Batches:
     """Turns a loader's tuples into batch dicts; knows whether it is a pretext loader."""
 
-    def __init__(self, loader, pretext: bool, extractor=None):
+    def __init__(self, loader, pretext: bool, extractor=None, patch_maker=None):
         self.loader, self.pretext, self.extractor = loader, pretext, extractor
+        self.patch_maker = patch_maker  # DevicePatches: the loader yields uint8 images
 
     def __len__(self):
         return len(self.loader)
@@ -211,6 +214,8 @@ class Batches:
                 if self.extractor is not None:  # cached 'crop': embed the crops now
                     patches = self.extractor.patches(patches)
                 batch["patches"] = patches
+            if self.patch_maker is not None:  # (images uint8, mask, targets, None, params)
+                batch["patch_params"], batch["patch_maker"] = item[4], self.patch_maker
             yield batch
 
 
@@ -247,9 +252,19 @@ def build_data(
     workers = cfg.data.num_workers
     extractor = None
     val_loader = coco_gt = None
+    patch_maker = None
     if stage == "pretrain":
         train_set = data_build.build_pretext_dataset(cfg)
         collate = collate_pretext
+        if cfg.pretext.patch_pipeline == "device":
+            from ..data.device_patches import DevicePatches, collate_device
+
+            if tc.cache_features:
+                raise TrainingError(
+                    "pretext.patch_pipeline='device' cuts patches from images: with "
+                    "pretrain.cache_features=True set pretext.patch_pipeline='worker'"
+                )
+            collate, patch_maker = collate_device, DevicePatches(cfg.pretext.patch_size)
     else:
         train_set, val_set = data_build.build_detection_datasets(cfg)
         collate = collate_detection
@@ -287,6 +302,7 @@ def build_data(
         # a private generator: creating iterators must not consume the training RNG
         generator=torch.Generator().manual_seed(tc.seed),
         persistent_workers=False,
+        pin_memory=device.type == "cuda",
     )
     if stage == "finetune":
         val_loader = DataLoader(
@@ -297,7 +313,7 @@ def build_data(
             num_workers=workers,
             generator=torch.Generator().manual_seed(tc.seed),  # evaluation draws no training RNG
         )
-    batches = Batches(loader, stage == "pretrain", extractor)
+    batches = Batches(loader, stage == "pretrain", extractor, patch_maker)
     return TrainData(batches, sampler, seeded, source, val_loader, coco_gt)
 
 
