@@ -134,13 +134,16 @@ def _time_steps(step, steps: int, warmup: int, device: torch.device, repeats: in
 
 def _train_step(model, criterion, optimizer, tc, device, make_inputs):
     """One optimizer step as the engine runs it -> (seconds, seconds of forward + loss)."""
+    from .fastpath import amp_enabled
+
     params = [p for p in model.parameters() if p.requires_grad]
+    amp = amp_enabled(tc.amp, device, "amp")  # bf16 only where fast, as the engine
 
     def step() -> tuple[float, float]:
         args, targets = make_inputs()
         _sync(device)
         t = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = model(*args)
         losses = criterion(outputs, targets)
         _sync(device)
@@ -277,7 +280,7 @@ def bench_pretext(
         "reconstruction": p.reconstruction,
         "backbone": f"{m.backbone} {m.backbone_layer}",
         "transformer": f"d={m.hidden_dim} {m.enc_layers}+{m.dec_layers} ffn={m.dim_feedforward}",
-        "amp": tc.amp,
+        "amp": amp_enabled(tc.amp, device, warn=False),
         **fast_path_state(model, device),
         **_summary(timing, batch),
         "peak_memory_mib": _phase_memory(device),
@@ -322,7 +325,7 @@ def bench_finetune(
     )
     return {
         "image_size": [max(d[0].shape[-2] for d in data), max(d[0].shape[-1] for d in data)],
-        "amp": tc.amp,
+        "amp": amp_enabled(tc.amp, device, warn=False),
         **fast_path_state(model, device),
         **_summary(timing, batch),
         "peak_memory_mib": _phase_memory(device),

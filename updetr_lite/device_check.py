@@ -85,8 +85,11 @@ def run_one(args, pipeline: str, compile_backend: str | None = None) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
         torch.cuda.reset_peak_memory_stats(device)
+    from .fastpath import amp_enabled
+
     cfg = _config(args, pipeline)
     tc = cfg.pretrain
+    amp = amp_enabled(tc.amp, device, "--amp", warn=info.is_main)
     torch.manual_seed(tc.seed)
     model, criterion, trainable = prepare_model(cfg, "pretrain")
     model.to(device).train()
@@ -119,7 +122,7 @@ def run_one(args, pipeline: str, compile_backend: str | None = None) -> dict:
             it = iter(data.batches)
             batch = next(it)
         t1 = time.perf_counter()
-        losses = compute_losses(step_model, criterion, batch, device, tc.amp)
+        losses = compute_losses(step_model, criterion, batch, device, amp)
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(params, tc.clip_max_norm, foreach=True)
@@ -143,7 +146,7 @@ def run_one(args, pipeline: str, compile_backend: str | None = None) -> dict:
         "compile": compile_backend,
         "batch_per_process": args.batch,
         "workers_per_process": args.workers,
-        "amp_bf16": tc.amp,
+        "amp_bf16": amp,
         "steps": args.steps,
         "images_per_s": images / (wait + busy),
         "data_wait_share": wait / (wait + busy),

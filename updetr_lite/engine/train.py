@@ -608,6 +608,9 @@ def train(
         log.write({"type": "eval", "step": step, "epoch": epoch_} | metrics)
         return metrics
 
+    from ..fastpath import amp_enabled
+
+    amp = amp_enabled(tc.amp, device, f"{stage}.amp", warn=main)  # bf16 only where fast
     max_steps = tc.max_steps if tc.max_steps > 0 else math.inf
     t_start, images_seen = time.time(), 0
     t_window, images_window = time.time(), 0
@@ -621,7 +624,7 @@ def train(
         sampler.start = batches_done * per_rank
         bar = _progress(batches, main and progress, stage, epoch, batches_done)
         for batch in batches:
-            losses = compute_losses(step_model, criterion, batch, device, tc.amp)
+            losses = compute_losses(step_model, criterion, batch, device, amp)
             flat = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one sync
             values = du.reduce_mean(dict(zip(losses, flat)), device)
             _check_finite(values, step + 1, epoch, out)
