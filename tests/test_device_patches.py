@@ -240,6 +240,7 @@ def test_setting_and_cache_features_error():
         get_config("smoke", ["pretext.patch_pipeline=gpu"])
     for preset in ("lite", "smoke"):  # their numbers stay the per-worker path's
         assert get_config(preset).pretext.patch_pipeline == "worker"
+    assert get_config("paper").pretext.patch_pipeline == "device"
 
 
 def test_decode_jpeg_same_pixels_and_truncated_file_named(photos, tmp_path):
@@ -291,11 +292,28 @@ def test_short_pretraining_same_losses(tmp_path):
             assert abs(w[key] - d[key]) <= 0.01 * abs(w[key]) + 1e-6, (w["step"], key)
 
 
-def test_device_pipeline_with_cached_features_refused(tmp_path):
-    from updetr_lite.engine.train import TrainingError, train
+def test_device_pipeline_with_cached_features_uses_worker_patches(tmp_path, capsys):
+    """Cached CNN maps stand for the images: the 'device' setting then makes the patches in
+    the workers, and the run equals the 'worker' one."""
+    import json
 
-    cfg = get_config(
-        "smoke", [f"data.cache_dir={str(tmp_path)!r}", "pretext.patch_pipeline='device'"]
-    )
-    with pytest.raises(TrainingError, match="pretrain.cache_features=True set pretext"):
-        train(cfg, "pretrain", tmp_path / "run", progress=False)
+    from updetr_lite.engine.train import train
+
+    losses = {}
+    for pipeline in ("worker", "device"):
+        cfg = get_config(
+            "smoke",
+            [
+                f"data.cache_dir={str(tmp_path / 'cache')!r}",
+                "pretext.patch_feature='crop'",
+                f"pretext.patch_pipeline={pipeline!r}",
+                "pretrain.max_steps=2",
+                "pretrain.log_every=1",
+            ],
+        )
+        assert cfg.pretrain.cache_features
+        train(cfg, "pretrain", tmp_path / pipeline, progress=False)
+        lines = (tmp_path / pipeline / "log.jsonl").read_text().splitlines()
+        losses[pipeline] = [r["loss"] for r in map(json.loads, lines) if r["type"] == "train"]
+    assert "query patches made in the workers" in capsys.readouterr().out
+    assert losses["device"] == losses["worker"] and len(losses["worker"]) == 2

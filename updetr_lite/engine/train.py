@@ -256,14 +256,14 @@ def build_data(
     if stage == "pretrain":
         train_set = data_build.build_pretext_dataset(cfg)
         collate = collate_pretext
-        if cfg.pretext.patch_pipeline == "device":
+        if cfg.pretext.patch_pipeline == "device" and tc.cache_features:
+            # cached maps stand for the images: the crops (if any) come from the worker
+            train_set.patch_pipeline = "worker"
+            if dist_info.is_main:
+                print("[updetr-lite] pretrain.cache_features: query patches made in the workers")
+        elif cfg.pretext.patch_pipeline == "device":
             from ..data.device_patches import DevicePatches, collate_device
 
-            if tc.cache_features:
-                raise TrainingError(
-                    "pretext.patch_pipeline='device' cuts patches from images: with "
-                    "pretrain.cache_features=True set pretext.patch_pipeline='worker'"
-                )
             collate, patch_maker = collate_device, DevicePatches(cfg.pretext.patch_size)
     else:
         train_set, val_set = data_build.build_detection_datasets(cfg)
