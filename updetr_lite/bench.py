@@ -42,6 +42,7 @@ import time
 import torch
 
 from .config import Config
+from .fastpath import amp_enabled
 
 
 def cpu_model() -> str:
@@ -134,8 +135,6 @@ def _time_steps(step, steps: int, warmup: int, device: torch.device, repeats: in
 
 def _train_step(model, criterion, optimizer, tc, device, make_inputs):
     """One optimizer step as the engine runs it -> (seconds, seconds of forward + loss)."""
-    from .fastpath import amp_enabled
-
     params = [p for p in model.parameters() if p.requires_grad]
     amp = amp_enabled(tc.amp, device, "amp")  # bf16 only where fast, as the engine
 

@@ -72,7 +72,9 @@ def make_jpegs(folder, count: int, size: tuple[int, int] = (375, 500), seed: int
     paths = []
     for i in range(count):
         a = rng.uniform(0.2, 1.0, 3) / max(h, w)
-        base = 128 + 100 * np.sin(np.stack([xx * a[0] * 9, yy * a[1] * 7, (xx + yy) * a[2] * 5], -1))
+        base = 128 + 100 * np.sin(
+            np.stack([xx * a[0] * 9, yy * a[1] * 7, (xx + yy) * a[2] * 5], -1)
+        )
         noise = rng.normal(0, 6, (h, w, 3))
         im = Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8))
         draw = ImageDraw.Draw(im)
