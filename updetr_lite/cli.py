@@ -318,6 +318,7 @@ def cmd_bench(args) -> int:
         aspect=args.aspect,
         finetune=not args.no_finetune,
         jpegs=args.jpegs,
+        data_seconds=args.data_seconds,
     )
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -443,6 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="measure the data pipeline on this many photo-like 500x375 JPEGs (made once)",
+    )
+    p.add_argument(
+        "--data-seconds", type=float, default=2.0, help="seconds of data pipeline per pipeline"
     )
     p.set_defaults(func=cmd_bench)
 

@@ -103,8 +103,11 @@ def decode_speed(paths, seconds: float = 2.0) -> dict:
     def tv(p):
         return decode_jpeg(read_file(str(p)), mode=ImageReadMode.RGB)
 
+    import warnings
+
     out = {}
-    with one_thread(), torch.inference_mode():
+    with one_thread(), torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torchvision 0.29's decode_jpeg
         for name, fn in (("pil", pil), ("decode_jpeg", tv)):
             fn(paths[0])
             n, start = 0, time.perf_counter()
