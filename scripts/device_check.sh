@@ -17,9 +17,12 @@ PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || command -v p
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 start=$(date +%s)
 log=$(mktemp)
-timeout "${DEVICE_CHECK_TIMEOUT:-470}" "$PY" -m updetr_lite.device_check --torchrun "$@" | tee "$log"
-echo "device_check: $(( $(date +%s) - start )) s"
+status=0
+timeout "${DEVICE_CHECK_TIMEOUT:-470}" "$PY" -m updetr_lite.device_check --torchrun "$@" | tee "$log" \
+  || status=$?
+echo "device_check: $(( $(date +%s) - start )) s, exit status $status"
 if [ -n "${OUT:-}" ]; then
   grep '^RESULT ' "$log" | sed 's/^RESULT //' > "$OUT/device_check.json" || true
 fi
 rm -f "$log"
+exit "$status"

@@ -35,3 +35,21 @@ def test_device_check_tiny_cpu(tmp_path):
     )
     assert "torchrun 2-process run skipped: 0 GPU(s)" in out.stdout
     assert "torch.compile of the transformer: x" in out.stdout
+
+
+def test_pycocotools_stand_in_where_missing(monkeypatch, capsys):
+    """A CUDA image without pycocotools can still import the engine and pre-train."""
+    from updetr_lite import device_check
+
+    for name in ("pycocotools", "pycocotools.cocoeval"):
+        monkeypatch.setitem(sys.modules, name, None)  # import now raises ImportError
+    device_check._stub_pycocotools()
+    assert "pycocotools missing" in capsys.readouterr().out
+    from pycocotools.cocoeval import COCOeval
+
+    try:
+        COCOeval()
+    except ImportError as e:
+        assert "stand-in" in str(e)
+    else:
+        raise AssertionError("the stand-in must refuse to compute AP")
