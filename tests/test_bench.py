@@ -33,6 +33,11 @@ def test_bench_smoke_json(tmp_path, capsys):
         r["pretext"]["images_per_s"] * r["pretext"]["s_per_image"] == 1.0
         or abs(r["pretext"]["images_per_s"] * r["pretext"]["s_per_image"] - 1) < 1e-9
     )
+    paths = r["data"]["paths"]  # a figure per patch pipeline; smoke's configured: worker
+    assert r["data"]["pipeline"] == "worker"
+    assert r["data"]["samples_per_s_per_worker"] == paths["worker"]["samples_per_s_per_worker"]
+    assert paths["device"]["samples_per_s_per_worker"] > 0
+    assert paths["device"]["device_ms_per_sample"] > 0
     assert r["pretext"]["image_size"] == [64, 64]  # smoke: pretext_scales (64,), max 64
     assert r["matcher"]["queries"] == 8 and r["matcher"]["targets"] == 2
     assert r["peak_memory_mib"] == max(
@@ -55,3 +60,15 @@ def test_bench_bad_steps_one_line(capsys):
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert err.startswith("updetr-lite: error: bench: steps must be >= 1")
+
+
+def test_bench_data_on_made_jpegs_compares_decoders(tmp_path, capsys):
+    code = main(["bench", "--preset", "smoke", "--device", "cpu", "--json", "--batch", "2",
+                 "--steps", "1", "--warmup", "0", "--repeats", "1", "--no-finetune",
+                 "--jpegs", "3", "--set", f"data.cache_dir={tmp_path}"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    d = json.loads(out)["data"]
+    assert len(list((tmp_path / "bench_jpegs_3").glob("*.jpg"))) == 3
+    assert "3 photo-like 500x375 JPEGs" in d["source"]
+    assert d["decode_images_per_s"]["pil"] > 0 and d["decode_images_per_s"]["decode_jpeg"] > 0

@@ -10,7 +10,11 @@ Measured, each on random tensors of the preset's image size (no disk, no augment
   whether the frozen CNN really ran the fast path, in bf16, and whether amp was on;
 - fine-tuning: the same for DETR on B images with a few random boxes each;
 - the data pipeline: pretext samples per second of one process (= one loader worker,
-  ``data.bench.pretext_throughput``; the embedded images when the preset has no local data);
+  ``data.bench.pretext_throughput``) for each patch pipeline ('worker': patches cut and
+  augmented in the worker; 'device': the worker only decodes, resizes and draws, and the
+  batched pass on the device is reported in ms per sample); on the preset's data,
+  ``--jpegs N`` photo-like JPEGs, or the embedded images; with JPEGs, PIL's decoding
+  against ``torchvision.io.decode_jpeg``;
 - the Hungarian matcher alone: milliseconds per image (N queries against M patch boxes);
 - peak memory: the process's RSS high-water mark (``resource.getrusage``) on CPU, or
   ``torch.cuda.max_memory_allocated`` per phase on CUDA, in MiB.
@@ -38,6 +42,7 @@ import time
 import torch
 
 from .config import Config
+from .fastpath import amp_enabled
 
 
 def cpu_model() -> str:
@@ -131,12 +136,13 @@ def _time_steps(step, steps: int, warmup: int, device: torch.device, repeats: in
 def _train_step(model, criterion, optimizer, tc, device, make_inputs):
     """One optimizer step as the engine runs it -> (seconds, seconds of forward + loss)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    amp = amp_enabled(tc.amp, device, "amp")  # bf16 only where fast, as the engine
 
     def step() -> tuple[float, float]:
         args, targets = make_inputs()
         _sync(device)
         t = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=tc.amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             outputs = model(*args)
         losses = criterion(outputs, targets)
         _sync(device)
@@ -273,7 +279,7 @@ def bench_pretext(
         "reconstruction": p.reconstruction,
         "backbone": f"{m.backbone} {m.backbone_layer}",
         "transformer": f"d={m.hidden_dim} {m.enc_layers}+{m.dec_layers} ffn={m.dim_feedforward}",
-        "amp": tc.amp,
+        "amp": amp_enabled(tc.amp, device, warn=False),
         **fast_path_state(model, device),
         **_summary(timing, batch),
         "peak_memory_mib": _phase_memory(device),
@@ -318,7 +324,7 @@ def bench_finetune(
     )
     return {
         "image_size": [max(d[0].shape[-2] for d in data), max(d[0].shape[-1] for d in data)],
-        "amp": tc.amp,
+        "amp": amp_enabled(tc.amp, device, warn=False),
         **fast_path_state(model, device),
         **_summary(timing, batch),
         "peak_memory_mib": _phase_memory(device),
@@ -354,17 +360,43 @@ def bench_matcher(cfg: Config, device, batch: int, repeats: int = 5) -> dict:
     return {"queries": n, "targets": k, "ms_per_image": 1000 * seconds}
 
 
-def bench_data(cfg: Config, seconds: float) -> dict:
-    """Pretext samples per second of one process, on the preset's data or the embedded set."""
-    from .data.bench import pretext_throughput
+def bench_data(
+    cfg: Config, seconds: float, device="cpu", batch: int = 2, repeats: int = 1, jpegs: int = 0
+) -> dict:
+    """Pretext samples per second of one process (= one loader worker) for each patch
+    pipeline, on the preset's data, ``jpegs`` photo-like 500 x 375 JPEGs made for it in
+    ``data.cache_dir``, or the embedded set; the device path's batched pass in ms per sample
+    on ``device``; with JPEGs, PIL against ``torchvision.io.decode_jpeg``. Medians of
+    ``repeats`` blocks of ``seconds / repeats`` seconds each."""
+    from pathlib import Path
 
-    source = cfg.data.pretext_root or "embedded"
-    if not cfg.data.pretext_root:  # e.g. paper without ImageNet given: the embedded images
+    from .data.bench import decode_speed, device_pass_ms, make_jpegs, pretext_throughput
+
+    source, files = cfg.data.pretext_root or "embedded", None
+    if jpegs:
+        folder = Path(cfg.data.cache_dir) / f"bench_jpegs_{jpegs}"
+        files = sorted(folder.glob("*.jpg"))
+        if len(files) != jpegs:
+            files = make_jpegs(folder, jpegs)
+        source = f"{jpegs} photo-like 500x375 JPEGs ({folder})"
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pretext_root=str(folder)))
+    elif not cfg.data.pretext_root:  # e.g. paper without ImageNet given: the embedded images
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, pretext_root="embedded"))
-    return {
+    block = seconds / repeats
+    paths = {}
+    for name in ("worker", "device"):
+        rates = [pretext_throughput(cfg, seconds=block, pipeline=name) for _ in range(repeats)]
+        paths[name] = {"samples_per_s_per_worker": _median(rates), "blocks": rates}
+    paths["device"]["device_ms_per_sample"] = device_pass_ms(cfg, device, batch, repeats=3)
+    out = {
         "source": source,
-        "samples_per_s_per_worker": float(pretext_throughput(cfg, seconds=seconds)),
+        "pipeline": cfg.pretext.patch_pipeline,
+        "samples_per_s_per_worker": paths[cfg.pretext.patch_pipeline]["samples_per_s_per_worker"],
+        "paths": paths,
     }
+    if files:
+        out["decode_images_per_s"] = decode_speed(files, seconds=block)
+    return out
 
 
 def run_bench(
@@ -378,6 +410,7 @@ def run_bench(
     repeats: int = 1,
     aspect: float = 1.0,
     finetune: bool = True,
+    jpegs: int = 0,
 ) -> dict:
     """All measurements as one JSON-ready dict (see the module docstring).
 
@@ -386,6 +419,8 @@ def run_bench(
     device = torch.device(device)
     if steps < 1 or warmup < 0:
         raise ValueError(f"bench: steps must be >= 1 and warmup >= 0 (got {steps}, {warmup})")
+    if jpegs < 0:
+        raise ValueError(f"bench: --jpegs must be >= 0, not {jpegs}")
     if repeats < 1:
         raise ValueError(f"bench: repeats must be >= 1, not {repeats}")
     if not aspect >= 1.0:
@@ -411,7 +446,7 @@ def run_bench(
     if finetune:
         report["finetune"] = bench_finetune(cfg, device, batch, steps, warmup, repeats, aspect)
     if data:
-        report["data"] = bench_data(cfg, data_seconds)
+        report["data"] = bench_data(cfg, data_seconds, device, batch, repeats, jpegs)
     report["peak_memory_mib"] = max(
         report[k]["peak_memory_mib"] for k in ("pretext", "finetune") if k in report
     )
@@ -449,9 +484,19 @@ def format_report(r: dict) -> str:
         )
     lines.append(f"Hungarian matcher: {r['matcher']['ms_per_image']:.3f} ms/image")
     if "data" in r:
+        d = r["data"]
+        wk, dv = d["paths"]["worker"], d["paths"]["device"]
         lines.append(
-            f"data pipeline: {r['data']['samples_per_s_per_worker']:.1f} samples/s per worker "
-            f"({r['data']['source']})"
+            f"data pipeline ({d['source']}), samples/s per worker: patch pipeline 'worker' "
+            f"{wk['samples_per_s_per_worker']:.1f}, 'device' {dv['samples_per_s_per_worker']:.1f}"
+            f" + {dv['device_ms_per_sample']:.2f} ms/sample on {r['device']} "
+            f"(configured: '{d['pipeline']}')"
         )
+        if "decode_images_per_s" in d:
+            dec = d["decode_images_per_s"]
+            lines.append(
+                f"JPEG decoding, images/s on one thread: PIL {dec['pil']:.0f}, "
+                f"torchvision.io.decode_jpeg {dec['decode_jpeg']:.0f}"
+            )
     lines.append(f"peak memory: {r['peak_memory_mib']:.0f} MiB ({r['peak_memory_source']})")
     return "\n".join(lines)

@@ -372,6 +372,8 @@ def cmd_bench(args) -> int:
         repeats=args.repeats,
         aspect=args.aspect,
         finetune=not args.no_finetune,
+        jpegs=args.jpegs,
+        data_seconds=args.data_seconds,
     )
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
@@ -492,6 +494,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--aspect", type=float, default=1.0, help="width/height of the random images (4:3: 1.333)"
     )
     p.add_argument("--no-finetune", action="store_true", help="skip the fine-tuning step")
+    p.add_argument(
+        "--jpegs",
+        type=int,
+        default=0,
+        help="measure the data pipeline on this many photo-like 500x375 JPEGs (made once)",
+    )
+    p.add_argument(
+        "--data-seconds", type=float, default=2.0, help="seconds of data pipeline per pipeline"
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(

@@ -38,6 +38,27 @@ def bf16_supported(device: torch.device | str) -> bool:
     )
 
 
+def amp_enabled(
+    requested: bool, device: torch.device | str, setting: str = "amp", warn: bool = True
+) -> bool:
+    """bf16 autocast only where it is fast: ``requested`` on a device with bf16 arithmetic
+    (``bf16_supported``). Elsewhere it falls back to fp32 with one printed line: on a CPU with
+    AVX2 only, bf16 autocast emulates every product (one Linear 532x256 -> 2048 forward +
+    backward: 776 ms in bf16 against 18.5 ms in fp32, measured on an AVX2 EPYC)."""
+    if not requested or bf16_supported(device):
+        return requested
+    if not warn:
+        return False
+    device = torch.device(device)
+    what = "GPU" if device.type == "cuda" else f"CPU ({torch.backends.cpu.get_cpu_capability()})"
+    print(
+        f"[updetr-lite] warning: {setting}=True ignored: this {what} has no fast bf16 "
+        f"(AVX-512 BF16 or AMX on a CPU), so bf16 autocast would be many times slower; "
+        f"running in fp32"
+    )
+    return False
+
+
 def _fold(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
     fused = copy.deepcopy(conv)
     weight, bias = fuse_conv_bn_weights(

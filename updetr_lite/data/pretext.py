@@ -93,6 +93,23 @@ def load_rgb(path) -> Image.Image:
         raise UnreadableImageError(f"cannot read image {path}: {e}") from e
 
 
+def read_rgb(path) -> torch.Tensor:
+    """The file as uint8 [3, H, W] RGB. JPEGs go through ``torchvision.io.decode_jpeg``
+    (the same pixels as PIL, 1.7x faster on 500 x 375 photos: docs/benchmarks.md); anything
+    it cannot decode, and every other format, through PIL (``load_rgb``, whose error names
+    the file)."""
+    if str(path).lower().endswith((".jpg", ".jpeg")):
+        try:
+            from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+            with warnings.catch_warnings():  # deprecated in torchvision 0.29, still there
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return decode_jpeg(read_file(str(path)), mode=ImageReadMode.RGB)
+        except (ImportError, RuntimeError, OSError):
+            pass  # PIL decides: it reads the file or raises UnreadableImageError
+    return TF.pil_to_tensor(load_rgb(path))
+
+
 def sample_patch_boxes(
     h: int, w: int, num: int, min_patch: int, generator: torch.Generator | None = None
 ) -> torch.Tensor:
@@ -174,6 +191,9 @@ class PretextDataset(Dataset):
         self.patch_size = cfg.pretext.patch_size
         self.min_patch = cfg.pretext.min_patch
         self.augment_patches = augment_patches
+        # 'device': the worker returns the uint8 image and the patch parameters, the patches
+        # are cut and augmented on the training device (data/device_patches.py)
+        self.patch_pipeline = getattr(cfg.pretext, "patch_pipeline", "worker")
         self.resize = v2.RandomShortestSize(
             min_size=list(cfg.data.pretext_scales), max_size=cfg.data.pretext_max_size
         )
@@ -241,7 +261,7 @@ class PretextDataset(Dataset):
     def _load(self, i: int) -> torch.Tensor | None:
         path = self.files[i]
         try:
-            img = TF.pil_to_tensor(load_rgb(path))
+            img = read_rgb(path)
         except UnreadableImageError as e:
             if str(path) not in self._warned:
                 self._warned.add(str(path))
@@ -264,6 +284,10 @@ class PretextDataset(Dataset):
 
     def make_sample(self, img: torch.Tensor, image_id: int = 0, generator=None):
         """uint8 [3, h, w] full-resolution image -> (image, target, patches)."""
+        if self.patch_pipeline == "device":
+            from .device_patches import device_sample
+
+            return device_sample(self, img, image_id, generator)
         h, w = img.shape[-2:]
         xyxy = sample_patch_boxes(h, w, self.num_patches, self.min_patch, generator)
         p = self.patch_size

@@ -175,6 +175,8 @@ def compute_losses(step_model, criterion, batch, device, amp: bool) -> dict[str,
     ]
     patches = batch.get("patches")
     patches = patches.to(device) if patches is not None else None
+    if batch.get("patch_params") is not None:  # pretext.patch_pipeline 'device'
+        inputs, patches = batch["patch_maker"](inputs, mask, targets, batch["patch_params"])
     boxes = torch.stack([t["boxes"] for t in targets]) if batch.get("pretext") else None
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         outputs = step_model(inputs, mask, patches, boxes)
@@ -195,8 +197,9 @@ def _data_modules():
 class Batches:
     """Turns a loader's tuples into batch dicts; knows whether it is a pretext loader."""
 
-    def __init__(self, loader, pretext: bool, extractor=None):
+    def __init__(self, loader, pretext: bool, extractor=None, patch_maker=None):
         self.loader, self.pretext, self.extractor = loader, pretext, extractor
+        self.patch_maker = patch_maker  # DevicePatches: the loader yields uint8 images
 
     def __len__(self):
         return len(self.loader)
@@ -214,6 +217,8 @@ class Batches:
                 if self.extractor is not None:  # cached 'crop': embed the crops now
                     patches = self.extractor.patches(patches)
                 batch["patches"] = patches
+            if self.patch_maker is not None:  # (images uint8, mask, targets, None, params)
+                batch["patch_params"], batch["patch_maker"] = item[4], self.patch_maker
             yield batch
 
 
@@ -250,9 +255,19 @@ def build_data(
     workers = cfg.data.num_workers
     extractor = None
     val_loader = coco_gt = None
+    patch_maker = None
     if stage == "pretrain":
         train_set = data_build.build_pretext_dataset(cfg)
         collate = collate_pretext
+        if cfg.pretext.patch_pipeline == "device" and tc.cache_features:
+            # cached maps stand for the images: the crops (if any) come from the worker
+            train_set.patch_pipeline = "worker"
+            if dist_info.is_main:
+                print("[updetr-lite] pretrain.cache_features: query patches made in the workers")
+        elif cfg.pretext.patch_pipeline == "device":
+            from ..data.device_patches import DevicePatches, collate_device
+
+            collate, patch_maker = collate_device, DevicePatches(cfg.pretext.patch_size)
     else:
         train_set, val_set = data_build.build_detection_datasets(cfg)
         collate = collate_detection
@@ -290,6 +305,7 @@ def build_data(
         # a private generator: creating iterators must not consume the training RNG
         generator=torch.Generator().manual_seed(tc.seed),
         persistent_workers=False,
+        pin_memory=device.type == "cuda",
     )
     if stage == "finetune":
         val_loader = DataLoader(
@@ -300,7 +316,7 @@ def build_data(
             num_workers=workers,
             generator=torch.Generator().manual_seed(tc.seed),  # evaluation draws no training RNG
         )
-    batches = Batches(loader, stage == "pretrain", extractor)
+    batches = Batches(loader, stage == "pretrain", extractor, patch_maker)
     return TrainData(batches, sampler, seeded, source, val_loader, coco_gt)
 
 
@@ -595,6 +611,9 @@ def train(
         log.write({"type": "eval", "step": step, "epoch": epoch_} | metrics)
         return metrics
 
+    from ..fastpath import amp_enabled
+
+    amp = amp_enabled(tc.amp, device, f"{stage}.amp", warn=main)  # bf16 only where fast
     max_steps = tc.max_steps if tc.max_steps > 0 else math.inf
     t_start, images_seen = time.time(), 0
     t_window, images_window = time.time(), 0
@@ -622,7 +641,7 @@ def train(
         sampler.start = batches_done * per_rank
         bar = _progress(batches, main and progress, stage, epoch, batches_done)
         for batch in batches:
-            losses = compute_losses(step_model, criterion, batch, device, tc.amp)
+            losses = compute_losses(step_model, criterion, batch, device, amp)
             flat = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one sync
             values = du.reduce_mean(dict(zip(losses, flat)), device)
             _check_finite(values, step + 1, epoch, out)
