@@ -81,6 +81,17 @@ def _device(args, default: str = "cpu") -> str:
     return dev
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value is a one-line usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text!r}")
+    return value
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -187,7 +198,7 @@ def cmd_evaluate(args) -> int:
         )
     loader = DataLoader(
         val,
-        batch_size=args.batch or max(1, cfg.finetune.batch_size),
+        batch_size=args.batch or cfg.finetune.batch_size,
         shuffle=False,
         num_workers=cfg.data.num_workers,
         collate_fn=collate_detection,
@@ -407,7 +418,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", parents=[common], help="AP of a detection checkpoint")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--batch", type=_positive_int, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -428,11 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[common], help="throughput and memory")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--batch", type=int, default=None, help="images per step")
-    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--batch", type=_positive_int, default=None, help="images per step")
+    p.add_argument("--steps", type=_positive_int, default=5, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before")
     p.add_argument("--no-data", action="store_true", help="skip the data pipeline")
-    p.add_argument("--repeats", type=int, default=3, help="timed blocks; the median is reported")
+    p.add_argument(
+        "--repeats", type=_positive_int, default=3, help="timed blocks; the median is reported"
+    )
     p.add_argument(
         "--aspect", type=float, default=1.0, help="width/height of the random images (4:3: 1.333)"
     )
