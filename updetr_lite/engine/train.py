@@ -40,6 +40,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.ops import box_convert
 
 from ..config import Config
+from ..models.matcher import NonFiniteOutputError
 from . import distributed as du
 from . import features as ft
 from .checkpoint import (
@@ -60,7 +61,8 @@ class TrainingError(ValueError):
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss term (or the gradient norm) became NaN or infinite; no checkpoint was written."""
+    """A loss term, the predictions, the gradient norm or the weights became NaN or infinite;
+    no checkpoint of that state was written."""
 
 
 # --------------------------------------------------------------------------- randomness
@@ -582,8 +584,17 @@ def train(
         }
 
     def save(name: str, st: dict) -> None:
+        nonlocal last_good
+        bad = _non_finite(st["model"])
+        if bad:  # same weights on every rank: all of them stop here
+            raise NonFiniteLossError(
+                f"epoch {st['epoch']}, step {step}: {len(bad)} weight tensors hold NaN or inf "
+                f"(first: {bad[0]}); {name} was not written; {stopped()}"
+            )
         if main:
             atomic_save(st, out / name)
+        if name == "last.pth":
+            last_good = out / name
 
     def run_eval(epoch_):
         nonlocal last_metrics
@@ -591,6 +602,13 @@ def train(
         last_metrics = metrics
         log.write({"type": "eval", "step": step, "epoch": epoch_} | metrics)
         return metrics
+
+    last_good = out / "last.pth" if ckpt is not None else None  # what a stop points to
+
+    def stopped() -> str:
+        if last_good is None:
+            return "training stopped before any checkpoint was written"
+        return f"training stopped, the last good checkpoint is {last_good}"
 
     max_steps = tc.max_steps if tc.max_steps > 0 else math.inf
     t_start, images_seen = time.time(), 0
@@ -605,10 +623,15 @@ def train(
         sampler.start = batches_done * per_rank
         bar = _progress(batches, main and progress, stage, epoch, batches_done)
         for batch in batches:
-            losses = compute_losses(step_model, criterion, batch, device, tc.amp)
+            try:
+                losses = compute_losses(step_model, criterion, batch, device, tc.amp)
+            except NonFiniteOutputError as e:  # raised by the matcher, before any loss exists
+                raise NonFiniteLossError(
+                    f"step {step + 1} (epoch {epoch}): {e}; {stopped()}"
+                ) from e
             flat = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one sync
             values = du.reduce_mean(dict(zip(losses, flat)), device)
-            _check_finite(values, step + 1, epoch, out)
+            _check_finite(values, step + 1, epoch, stopped())
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if tc.clip_max_norm > 0:
@@ -616,7 +639,7 @@ def train(
                 if not torch.isfinite(norm):
                     raise NonFiniteLossError(
                         f"step {step + 1} (epoch {epoch}): gradient norm is {norm.item()}; "
-                        f"training stopped, the last good checkpoint is {out / 'last.pth'}"
+                        f"{stopped()}"
                     )
             optimizer.step()
             step += 1
@@ -721,15 +744,23 @@ def _jsonable(x):
         return str(x)
 
 
-def _check_finite(values: dict[str, float], step: int, epoch: int, out: Path) -> None:
+def _non_finite(state: dict) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or inf."""
+    floats = [(k, v) for k, v in state.items() if v.is_floating_point()]
+    if not floats:
+        return []
+    ok = torch.stack([torch.isfinite(v).all() for _, v in floats]).tolist()  # one sync
+    return [k for (k, _), good in zip(floats, ok) if not good]
+
+
+def _check_finite(values: dict[str, float], step: int, epoch: int, stopped: str) -> None:
     bad = [k for k, v in values.items() if not math.isfinite(v) and k != "loss"]
     if not bad and not math.isfinite(values["loss"]):
         bad = ["loss"]
     if bad:
         raise NonFiniteLossError(
             f"step {step} (epoch {epoch}): loss term {bad[0]} is {values[bad[0]]}"
-            f"{' (also ' + ', '.join(bad[1:]) + ')' if len(bad) > 1 else ''}; "
-            f"training stopped, the last good checkpoint is {out / 'last.pth'}"
+            f"{' (also ' + ', '.join(bad[1:]) + ')' if len(bad) > 1 else ''}; {stopped}"
         )
 
 
