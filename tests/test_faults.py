@@ -64,3 +64,46 @@ def test_non_finite_weights_are_never_saved(tmp_path, cache, monkeypatch):
     assert ck["step"] == 3
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
     assert not (run / "best.pth").exists()
+
+
+def _nan_box_head_checkpoint(path, cfg):
+    from updetr_lite.engine.checkpoint import atomic_save
+    from updetr_lite.models import build_detr
+
+    torch.manual_seed(0)
+    model = build_detr(cfg)
+    with torch.no_grad():
+        model.bbox_embed.layers[-1].weight.fill_(float("nan"))
+    state = {"kind": "detection", "num_classes": cfg.model.num_classes}
+    atomic_save(state | {"model": model.state_dict(), "config": cfg.to_dict()}, path)
+    return model
+
+
+def test_nan_boxes_never_score_an_ap(tmp_path, cache, capsys):
+    from torch.utils.data import DataLoader
+
+    from updetr_lite.cli import main
+    from updetr_lite.data.build import build_detection_datasets
+    from updetr_lite.data.collate import collate_detection
+    from updetr_lite.engine.evaluate import EvaluationError, evaluate
+
+    cfg = smoke(cache)
+    model = _nan_box_head_checkpoint(tmp_path / "nan.pth", cfg)
+    _, val = build_detection_datasets(cfg)
+    loader = DataLoader(val, batch_size=4, collate_fn=collate_detection)
+    with pytest.raises(EvaluationError, match="NaN or inf boxes"):
+        evaluate(model, loader, val.coco)
+    img = tmp_path / "a.png"
+    from PIL import Image
+
+    Image.new("RGB", (48, 40), (90, 30, 200)).save(img)
+    from updetr_lite.engine.inference import InferenceError, predict_image
+
+    with pytest.raises(InferenceError, match="NaN or inf boxes or scores on .*a.png"):
+        predict_image(model.eval(), cfg, img)
+    for argv in (["evaluate"], ["predict", str(img), "--out", str(tmp_path / "p")]):
+        code = main([*argv, "--checkpoint", str(tmp_path / "nan.pth")])
+        err = capsys.readouterr().err.strip()
+        assert code == 1 and len(err.splitlines()) == 1, err
+        assert "nan.pth" in err and "hold NaN or inf (first: bbox_embed.layers.2.weight)" in err
+    assert not (tmp_path / "p" / "predictions.json").exists()

@@ -125,3 +125,13 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_finite_state(state: dict, path: str | os.PathLike = "") -> None:
+    """CheckpointError naming the file when a floating-point tensor holds NaN or inf."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); "
+            "the run that wrote it had diverged"
+        )

@@ -34,7 +34,14 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import Config, get_config
-from .checkpoint import CheckpointError, check_kind, infer_kind, load_checkpoint, model_state
+from .checkpoint import (
+    CheckpointError,
+    check_finite_state,
+    check_kind,
+    infer_kind,
+    load_checkpoint,
+    model_state,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,6 +185,7 @@ def load_model(
         classes,
         checkpoint_path,
     )
+    check_finite_state(state, checkpoint_path)
     # the CNN's weights are in the state dict; the file the run started from is not needed
     build_cfg = dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, backbone_weights=None)
@@ -277,6 +285,9 @@ def predict_image(model: nn.Module, cfg: Config, image, threshold: float = 0.0) 
     dev = _device(model)
     outputs = model(images.to(dev), mask.to(dev))
     det = postprocess(outputs, torch.tensor([[h, w]], device=dev))[0]
+    if not (torch.isfinite(det["boxes"]).all() and torch.isfinite(det["scores"]).all()):
+        where = f" on {image}" if isinstance(image, (str, os.PathLike)) else ""
+        raise InferenceError(f"the model predicts NaN or inf boxes or scores{where}")
     keep = det["scores"] >= threshold
     order = det["scores"][keep].argsort(descending=True)
     return {k: v[keep][order].cpu() for k, v in det.items()}
