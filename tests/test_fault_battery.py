@@ -103,3 +103,179 @@ def test_validate_runs_on_a_config_changed_after_get_config(tmp_path):
         train(cfg, "pretrain", tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
     assert json.loads(get_config("smoke").to_json())["pretrain"]["log_every"] == 10
+
+
+# --------------------------------------------------------------------------- COCO files
+
+
+def _coco(tmp_path, sizes=((40, 30), (50, 40))):
+    """Two images (w, h) on disk and a valid COCO dict for them."""
+    from PIL import Image
+
+    (tmp_path / "imgs").mkdir(exist_ok=True)
+    images, anns = [], []
+    for i, (w, h) in enumerate(sizes, start=1):
+        Image.new("RGB", (w, h), (20 * i, 90, 140)).save(tmp_path / "imgs" / f"{i}.png")
+        images.append({"id": i, "file_name": f"{i}.png", "width": w, "height": h})
+        anns.append({"id": i, "image_id": i, "category_id": 1, "bbox": [2, 2, 10, 8]})
+    return {"images": images, "annotations": anns, "categories": [{"id": 1, "name": "x"}]}
+
+
+def _set(path, value):
+    """A function that sets d[path[0]][path[1]]... = value (or deletes it: value DELETE)."""
+
+    def edit(d):
+        node = d
+        for k in path[:-1]:
+            node = node[k]
+        if value is DELETE:
+            del node[path[-1]]
+        else:
+            node[path[-1]] = value
+        return d
+
+    return edit
+
+
+DELETE = object()
+
+# (name, edit of the valid dict (or raw text), fragments of the error)
+COCO_ERRORS = [
+    ("images empty", _set(["images"], []), ["no images"]),
+    ("images a dict", _set(["images"], {}), ["'images' must be a list"]),
+    ("top level a list", lambda d: [d], ["top level is not an object"]),
+    ("no categories", _set(["categories"], DELETE), ["not a COCO annotation file"]),
+    ("3-number bbox", _set(["annotations", 0, "bbox"], [1, 2, 3]), ["four finite numbers"]),
+    ("text in bbox", _set(["annotations", 1, "bbox"], [1, "a", 3, 4]), ["annotation #1 (id 2)"]),
+    ("image without id", _set(["images", 0, "id"], DELETE), ["image entry #0", "'id'"]),
+    ("image id twice", _set(["images", 1, "id"], 1), ["image id 1 is listed twice"]),
+    ("width 0", _set(["images", 0, "width"], 0), ["'width' must be a positive integer"]),
+    ("no file_name", _set(["images", 1, "file_name"], DELETE), ["image id 2 has no 'file_name'"]),
+    ("no category_id", _set(["annotations", 0, "category_id"], DELETE), ["'category_id'"]),
+    ("no image_id", _set(["annotations", 0, "image_id"], "1"), ["'image_id'"]),
+    ("category without id", _set(["categories", 0], {"name": "x"}), ["category entry #0"]),
+    ("malformed JSON", '{"images": [', ["malformed JSON"]),
+    ("all too wide", lambda d: _coco_wide(d), ["no usable image", "aspect ratio over 20"]),
+]
+
+
+def _coco_wide(d):
+    for im in d["images"]:
+        im["width"], im["height"] = 2000, 20
+    return d
+
+
+@pytest.mark.parametrize("name,edit,fragments", COCO_ERRORS, ids=[r[0] for r in COCO_ERRORS])
+def test_bad_coco_file_is_one_error_naming_it(name, edit, fragments, tmp_path):
+    from updetr_lite.data.coco import AnnotationError, CocoDetection
+
+    d = _coco(tmp_path)
+    text = edit if isinstance(edit, str) else json.dumps(edit(d))
+    (tmp_path / "ann.json").write_text(text)
+    with pytest.raises(AnnotationError) as info:
+        CocoDetection(tmp_path / "imgs", tmp_path / "ann.json")
+    msg = str(info.value)
+    assert "\n" not in msg and str(tmp_path / "ann.json") in msg, msg
+    for f in fragments:
+        assert f in msg, (f, msg)
+
+
+def _unreadable(tmp_path, d):
+    (tmp_path / "imgs" / "2.png").write_bytes(b"not a png")
+    return d
+
+
+def _missing(tmp_path, d):
+    (tmp_path / "imgs" / "2.png").unlink()
+    return d
+
+
+def _resized(tmp_path, d):  # the JSON says 50x40, the file is 100x80
+    from PIL import Image
+
+    Image.new("RGB", (100, 80)).save(tmp_path / "imgs" / "2.png")
+    return d
+
+
+def _unknown_image(tmp_path, d):
+    d["annotations"].append({"id": 9, "image_id": 77, "category_id": 1, "bbox": [1, 1, 4, 4]})
+    return d
+
+
+def _one_wide(tmp_path, d):
+    d["images"][1].update(width=2000, height=20)
+    return d
+
+
+# (name, edit(tmp_path, dict), expected skip counts while reading, expected excluded counts)
+COCO_SKIPS = [
+    ("unreadable image", _unreadable, {"unreadable": 1}, {}),
+    ("missing image", _missing, {"missing": 1}, {}),
+    ("size differs from JSON", _resized, {"size_mismatch": 1}, {}),
+    ("annotation of unknown image", _unknown_image, {}, {"unknown_image_annotations": 1}),
+    ("10000x20-like image", _one_wide, {}, {"extreme_aspect": 1}),
+]
+
+
+@pytest.mark.parametrize("name,edit,skips,excluded", COCO_SKIPS, ids=[r[0] for r in COCO_SKIPS])
+def test_bad_coco_image_is_a_counted_skip(name, edit, skips, excluded, tmp_path):
+    from updetr_lite.data.coco import CocoDetection
+
+    d = edit(tmp_path, _coco(tmp_path))
+    (tmp_path / "ann.json").write_text(json.dumps(d))
+    ds = CocoDetection(tmp_path / "imgs", tmp_path / "ann.json")
+    assert {k: v for k, v in ds.excluded.items() if v} == excluded
+    ids = [int(ds[i][1]["image_id"]) for i in range(len(ds))]
+    assert ids == ([1, 1] if skips else [1, 2][: len(ds)])  # a skipped image: the next good one
+    report = ds.skip_report()
+    assert {k: v for k, v in report.items() if k != "files" and v} == skips
+    if skips:
+        assert report["files"] == [str(tmp_path / "imgs" / "2.png")]
+    assert ds.skip_report() == {}  # reset: each epoch reports its own
+
+
+# --------------------------------------------------------------------------- VOC files
+
+
+def _voc(tmp_path, names=("a", "b"), sizes=((60, 40), (50, 50))):
+    from PIL import Image
+
+    base = tmp_path / "VOCdevkit" / "VOC2007"
+    for sub in ("ImageSets/Main", "Annotations", "JPEGImages"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    for name, (w, h) in zip(names, sizes):
+        Image.new("RGB", (w, h), (120, 60, 30)).save(base / "JPEGImages" / f"{name}.jpg")
+        (base / "Annotations" / f"{name}.xml").write_text(
+            f"<annotation><size><width>{w}</width><height>{h}</height></size><object>"
+            "<name>dog</name><bndbox><xmin>2</xmin><ymin>3</ymin><xmax>20</xmax><ymax>30</ymax>"
+            "</bndbox></object></annotation>"
+        )
+    (base / "ImageSets" / "Main" / "test.txt").write_text("\n".join(names) + "\n")
+    return tmp_path / "VOCdevkit"
+
+
+def test_voc_empty_split_is_an_error_naming_it(tmp_path):
+    from updetr_lite.data.voc import VOCDetection, VOCFormatError
+
+    root = _voc(tmp_path)
+    (root / "VOC2007" / "ImageSets" / "Main" / "test.txt").write_text("\n\n")
+    with pytest.raises(VOCFormatError, match=r"list no usable image: .*test\.txt"):
+        VOCDetection(root, (("2007", "test"),))
+
+
+@pytest.mark.parametrize(
+    "name,skips,excluded",
+    [("unreadable", {"unreadable": 1}, {}), ("wide", {}, {"extreme_aspect": 1})],
+)
+def test_bad_voc_image_is_a_counted_skip(name, skips, excluded, tmp_path):
+    from updetr_lite.data.voc import VOCDetection
+
+    sizes = ((60, 40), (50, 50)) if name != "wide" else ((60, 40), (1000, 20))
+    root = _voc(tmp_path, sizes=sizes)
+    if name == "unreadable":
+        (root / "VOC2007" / "JPEGImages" / "b.jpg").write_bytes(b"\xff\xd8 broken")
+    ds = VOCDetection(root, (("2007", "test"),))
+    assert {k: v for k, v in ds.excluded.items() if v} == excluded
+    assert [int(ds[i][1]["image_id"]) for i in range(len(ds))] == ([1, 1] if skips else [1])
+    report = ds.skip_report()
+    assert {k: v for k, v in report.items() if k != "files" and v} == skips

@@ -107,3 +107,23 @@ def test_nan_boxes_never_score_an_ap(tmp_path, cache, capsys):
         assert code == 1 and len(err.splitlines()) == 1, err
         assert "nan.pth" in err and "hold NaN or inf (first: bbox_embed.layers.2.weight)" in err
     assert not (tmp_path / "p" / "predictions.json").exists()
+
+
+def test_empty_training_set_is_an_error_naming_the_file(tmp_path, capsys):
+    from updetr_lite.cli import main
+
+    root = tmp_path / "coco"
+    for split in ("train2017", "val2017"):
+        (root / split).mkdir(parents=True)
+    (root / "annotations").mkdir()
+    val = {"images": [{"id": 1, "file_name": "1.png", "width": 40, "height": 30}]}
+    for split, d in (("train", {"images": []}), ("val", val)):
+        d = d | {"annotations": [], "categories": [{"id": 1, "name": "x"}]}
+        (root / "annotations" / f"instances_{split}2017.json").write_text(json.dumps(d))
+    out = tmp_path / "run"
+    argv = ["finetune", "--preset", "smoke", "--out", str(out), "--set", "data.detection=coco"]
+    code = main([*argv, "--set", f"data.detection_root={str(root)!r}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, err
+    assert "instances_train2017.json: no images" in err
+    assert not (out / "last.pth").exists()
