@@ -7,6 +7,7 @@ tests/test_faults.py.
 """
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -279,3 +280,151 @@ def test_bad_voc_image_is_a_counted_skip(name, skips, excluded, tmp_path):
     assert [int(ds[i][1]["image_id"]) for i in range(len(ds))] == ([1, 1] if skips else [1])
     report = ds.skip_report()
     assert {k: v for k, v in report.items() if k != "files" and v} == skips
+
+
+# --------------------------------------------------------------------------- pretext images
+
+
+def _pretext_cfg():
+    from updetr_lite.config import get_config
+
+    return get_config("smoke")
+
+
+def test_huge_aspect_image_is_skipped_and_counted(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from updetr_lite.data.pretext import PretextDataset
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (20, 10000, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(tmp_path / "b.png")
+    ds = PretextDataset(tmp_path, _pretext_cfg())
+    image, target, _ = ds[0]  # 10000x20: the next good image instead of a 0-px resize
+    assert target["orig_size"].tolist() == [40, 50] and min(image.shape[-2:]) > 0
+    report = ds.report_skips()
+    assert report["extreme_aspect"] == 1 and report["files"] == [str(tmp_path / "a.png")]
+
+
+def test_sixteen_bit_png_is_scaled_not_saturated(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from updetr_lite.data.pretext import load_rgb
+    from updetr_lite.engine.inference import load_image
+
+    grey = np.array([[0, 257 * 10, 257 * 128, 65535]] * 4, dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "g16.png")
+    assert Image.open(tmp_path / "g16.png").mode.startswith("I")  # PIL reads it as 16-bit
+    want = np.array([0, 10, 128, 255], dtype=np.uint8)
+    for a in (np.asarray(load_rgb(tmp_path / "g16.png")), load_image(tmp_path / "g16.png")):
+        assert a.dtype == np.uint8 and a.shape == (4, 4, 3)
+        assert (a[0, :, 0] == want).all() and (a[..., 0] == a[..., 2]).all()
+
+
+# --------------------------------------------------------------------------- localize, predict
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    import torch
+    from PIL import Image
+
+    from updetr_lite.config import get_config
+    from updetr_lite.engine.checkpoint import atomic_save
+    from updetr_lite.models import build_detr, build_updetr
+
+    d = tmp_path_factory.mktemp("ckpts")
+    cfg = get_config("smoke")
+    torch.manual_seed(0)
+    for name, kind, model, classes in (
+        ("pre.pth", "pretext", build_updetr(cfg), 2),
+        ("det.pth", "detection", build_detr(cfg), cfg.model.num_classes),
+    ):
+        st = {"kind": kind, "num_classes": classes, "model": model.state_dict()}
+        atomic_save(st | {"config": cfg.to_dict()}, d / name)
+    Image.new("RGB", (60, 50), (200, 80, 40)).save(d / "good.png")
+    Image.new("RGB", (1, 1)).save(d / "dot.png")
+    (d / "junk.jpg").write_bytes(b"not a jpeg")
+    (d / "empty").mkdir()
+    (d / "mixed").mkdir()
+    Image.new("RGB", (60, 50)).save(d / "mixed" / "a.png")
+    Image.new("RGB", (1, 5)).save(d / "mixed" / "b.png")
+    return d
+
+
+# (argv with {d} for the folder, fragments of the error line)
+INFERENCE_ERRORS = [
+    (
+        [
+            "localize",
+            "--checkpoint",
+            "{d}/pre.pth",
+            "--image",
+            "{d}/good.png",
+            "--patch",
+            "{d}/dot.png",
+        ],
+        ["dot.png", "1x1 px is too small"],
+    ),
+    (
+        ["localize", "--checkpoint", "{d}/pre.pth", "--image", "{d}/dot.png", "--box", "0,0,1,1"],
+        ["dot.png", "too small"],
+    ),
+    (
+        ["localize", "--checkpoint", "{d}/pre.pth", "--image", "{d}/empty", "--box", "0,0,9,9"],
+        ["empty is a folder"],
+    ),
+    (
+        ["localize", "--checkpoint", "{d}/pre.pth", "--image", "{d}/junk.jpg", "--box", "0,0,9,9"],
+        ["junk.jpg", "not a readable image"],
+    ),
+    (
+        ["localize", "--checkpoint", "{d}/pre.pth", "--image", "{d}/good.png", "--box", "0,0,99,9"],
+        ["not inside the 60x50 image"],
+    ),
+    (
+        ["localize", "--checkpoint", "{d}/pre.pth", "--image", "{d}/good.png", "--box", "1,2,3"],
+        ["four pixel numbers"],
+    ),
+    (
+        ["localize", "--checkpoint", "{d}/det.pth", "--image", "{d}/good.png", "--box", "0,0,9,9"],
+        ["detection model"],
+    ),
+    (["predict", "--checkpoint", "{d}/det.pth", "{d}/empty"], ["no images", "empty"]),
+    (["predict", "--checkpoint", "{d}/det.pth", "{d}/nothing.png"], ["nothing.png", "not found"]),
+    (
+        ["predict", "--checkpoint", "{d}/det.pth", "{d}/good.png", "--threshold", "2"],
+        ["--threshold 2.0"],
+    ),
+    (["predict", "--checkpoint", "{d}/pre.pth", "{d}/good.png"], ["pretext model"]),
+    (["evaluate", "--checkpoint", "{d}/junk.jpg"], ["junk.jpg", "cannot be read"]),
+]
+
+
+@pytest.mark.parametrize("argv,fragments", INFERENCE_ERRORS, ids=range(len(INFERENCE_ERRORS)))
+def test_bad_inference_input_is_one_line(argv, fragments, ckpts, tmp_path, capsys):
+    argv = [a.format(d=ckpts) for a in argv] + ["--out", str(tmp_path / "out")]
+    code, _, err = run(argv, capsys)
+    one_line_error(code, err, *fragments)
+
+
+def test_predict_skips_bad_images_and_writes_the_good(ckpts, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [
+        "predict",
+        "--checkpoint",
+        str(ckpts / "det.pth"),
+        str(ckpts / "mixed"),
+        str(ckpts / "junk.jpg"),
+        "--out",
+        str(out),
+    ]
+    code, _, err = run(argv, capsys)
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("updetr-lite: error: predict: 2 of 3 images skipped"), err
+    assert "b.png: 1x5 px is too small" in last
+    records = json.loads((out / "predictions.json").read_text())
+    assert [Path(r["image"]).name for r in records] == ["a.png"]

@@ -226,21 +226,41 @@ def _unique_stems(paths: list[str]) -> list[str]:
     return stems
 
 
+def _image_files(paths: list[str]) -> list[str]:
+    """The given image files, a folder standing for the images under it (sorted)."""
+    from .data.pretext import list_images
+
+    files = []
+    for p in paths:
+        if Path(p).is_dir():
+            files += [str(f) for f in list_images(p)]
+        elif not Path(p).is_file():
+            raise FileNotFoundError(f"image file not found: {p}")
+        else:
+            files.append(p)
+    return files
+
+
 def cmd_predict(args) -> int:
-    """Detections per image: OUT/<stem>.json and OUT/<stem>.png, plus OUT/predictions.json."""
+    """Detections per image: OUT/<stem>.json and OUT/<stem>.png, plus OUT/predictions.json.
+    A bad image (unreadable, too small) is skipped and named; the others are still written,
+    and the command then fails with the count."""
     from .draw import save_boxes_png
-    from .engine.inference import load_image, load_model, predict_image
+    from .engine.inference import InferenceError, load_image, load_model, predict_image
 
     if not 0.0 <= args.threshold <= 1.0:
         raise CLIError(f"--threshold {args.threshold}: must be in [0, 1]")
-    for p in args.images:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"image file not found: {p}")
+    images = _image_files(args.images)
     out = Path(args.out or "runs/predict")
     model, cfg = load_model(args.checkpoint, "detection", _device(args), args.preset, args.set)
-    everything = []
-    for path, stem in zip(args.images, _unique_stems(args.images)):
-        img = load_image(path)
+    everything, skipped = [], []
+    for path, stem in zip(images, _unique_stems(images)):
+        try:
+            img = load_image(path)
+        except InferenceError as e:
+            skipped.append(str(e))
+            print(f"{path}: skipped ({e})", file=sys.stderr)
+            continue
         det = predict_image(model, cfg, img, threshold=args.threshold)
         record = {
             "image": str(path),
@@ -255,7 +275,13 @@ def cmd_predict(args) -> int:
         save_boxes_png(out / f"{stem}.png", img, det["boxes"], texts, record["labels"])
         everything.append(record)
         print(f"{path}: {len(record['scores'])} boxes -> {out / stem}.json, .png")
+    out.mkdir(parents=True, exist_ok=True)
     (out / "predictions.json").write_text(json.dumps(everything, indent=1) + "\n")
+    if skipped:
+        raise CLIError(
+            f"predict: {len(skipped)} of {len(images)} images skipped (first: {skipped[0]}); "
+            f"the other {len(everything)} are in {out / 'predictions.json'}"
+        )
     return 0
 
 
@@ -267,6 +293,8 @@ def cmd_localize(args) -> int:
     if bool(args.patch) == bool(args.box):
         raise CLIError("localize: give query patches with --patch FILE or --box x0,y0,x1,y1")
     for p in [args.image] + list(args.patch or []):
+        if Path(p).is_dir():
+            raise CLIError(f"{p} is a folder, not an image file")
         if not Path(p).is_file():
             raise FileNotFoundError(f"image file not found: {p}")
     boxes = [parse_box(b) for b in args.box] if args.box else None
