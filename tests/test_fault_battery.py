@@ -428,3 +428,72 @@ def test_predict_skips_bad_images_and_writes_the_good(ckpts, tmp_path, capsys):
     assert "b.png: 1x5 px is too small" in last
     records = json.loads((out / "predictions.json").read_text())
     assert [Path(r["image"]).name for r in records] == ["a.png"]
+
+
+# --------------------------------------------------------------------------- files on disk
+
+
+def test_file_size_limit_is_a_clear_write_error(tmp_path):
+    import resource
+
+    import torch
+
+    from updetr_lite.engine.checkpoint import CheckpointWriteError, atomic_save
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, hard))  # ulimit -f 64
+    try:
+        with pytest.raises(CheckpointWriteError) as info:
+            atomic_save({"w": torch.zeros(100_000)}, tmp_path / "last.pth")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    msg = str(info.value)
+    assert msg.startswith(f"cannot write {tmp_path / 'last.pth'}: ") and "\n" not in msg, msg
+    assert "ulimit -f" in msg and "enforce fail" not in msg.split(";")[-1], msg
+    assert list(tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_damaged_feature_cache_is_named_and_rebuilt(tmp_path, capsys):
+    import torch
+
+    from updetr_lite.engine.features import cached
+
+    path = tmp_path / "features" / "k.pt"
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"maps": [torch.ones(2, 3, 3)], "skips": {}}
+
+    cached(path, compute)
+    path.write_bytes(path.read_bytes()[:50])  # what a full disk or a crash could leave
+    value = cached(path, compute)
+    assert len(calls) == 2 and torch.equal(value["maps"][0], torch.ones(2, 3, 3))
+    assert f"the feature cache {path} is damaged" in capsys.readouterr().out
+    assert torch.equal(cached(path, compute)["maps"][0], torch.ones(2, 3, 3)) and len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "content,fragment",
+    [
+        (b"\x80\x04random bytes, not a torch file" * 10, "not a plain tensor file"),
+        (b"", "not a plain tensor file"),
+    ],
+)
+def test_weights_file_is_never_unpickled_unasked(content, fragment, tmp_path, monkeypatch):
+    import torch
+
+    from updetr_lite.config import get_config
+    from updetr_lite.models.build import build_detr
+    from updetr_lite.models.weights import WeightsError
+
+    path = tmp_path / "cnn.pth"
+    path.write_bytes(content)
+    loads = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k) or real(*a, **k))
+    cfg = get_config("smoke", [f"model.backbone_weights={str(path)!r}"])
+    with pytest.raises(WeightsError, match=fragment) as info:
+        build_detr(cfg)
+    assert str(path) in str(info.value) and "UPDETR_LITE_TRUST_PICKLE=1" in str(info.value)
+    assert loads and all(k.get("weights_only") is True for k in loads)

@@ -34,6 +34,29 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used here (wrong kind, class count, unreadable file)."""
 
 
+class CheckpointWriteError(CheckpointError, RuntimeError):
+    """A file that could not be written (disk full, file size limit, read-only folder)."""
+
+
+def _write_failure(e: BaseException, path: Path) -> str:
+    import errno
+    import shutil
+
+    code = getattr(e, "errno", None)
+    if code == errno.ENOSPC:
+        return "the disk is full"
+    if code == errno.EFBIG:
+        return "the file is larger than the file size limit (ulimit -f)"
+    if code in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return "the folder is not writable"
+    try:
+        free = shutil.disk_usage(path.parent).free / 2**20
+    except OSError:
+        free = float("nan")
+    why = " ".join(str(e).split())[:120]
+    return f"the write failed ({why}); {free:.0f} MiB free there (disk full or ulimit -f?)"
+
+
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """torch.save ``obj`` to ``path`` so that ``path`` is always either the old or the new file."""
     path = Path(path)
@@ -45,6 +68,10 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save's own "[enforce fail at ...]" too
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise CheckpointWriteError(f"cannot write {path}: {_write_failure(e, path)}") from e
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

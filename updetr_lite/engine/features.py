@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as du
-from .checkpoint import atomic_save
+from .checkpoint import CheckpointWriteError, atomic_save
 
 
 class FeatureCacheError(ValueError):
@@ -120,13 +120,24 @@ def cached(path: Path, compute):
         value = compute()
         try:
             atomic_save(value, path)
-        except OSError as e:  # a read-only cache dir only costs the reuse
+        except (OSError, CheckpointWriteError) as e:  # a read-only cache only costs the reuse
             print(f"[updetr-lite] could not write the feature cache {path}: {e}")
     du.barrier()
     if value is not None:
         return value
     if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated or damaged: it is only a cache
+            why = " ".join(str(e).split())[:120]
+            print(f"[updetr-lite] the feature cache {path} is damaged ({why}): rebuilding it")
+            value = compute()
+            if du.is_main_process():
+                try:
+                    atomic_save(value, path)
+                except (OSError, CheckpointWriteError) as e2:
+                    print(f"[updetr-lite] could not write the feature cache {path}: {e2}")
+            return value
     return compute()
 
 

@@ -42,14 +42,29 @@ class LoadReport:
         )
 
 
+TRUST_PICKLE_ENV = "UPDETR_LITE_TRUST_PICKLE"  # =1: the user vouches for a pickled file
+
+
 def _read(path: str) -> dict:
+    """The file's tensors, read without running pickled code: ``weights_only=True`` with the
+    one class DETR checkpoints add (their argparse ``args``) allowed. Anything else is refused
+    (unpickling runs arbitrary code) unless the user sets UPDETR_LITE_TRUST_PICKLE=1."""
+    import argparse
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # DETR checkpoints pickle their argparse args; the file is the user's own
-        log.warning("%s: not loadable with weights_only=True, loading the full pickle", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if os.environ.get(TRUST_PICKLE_ENV) == "1":
+            log.warning("%s: loading the full pickle (%s=1)", path, TRUST_PICKLE_ENV)
+            return torch.load(path, map_location="cpu", weights_only=False)
+        reason = " ".join(str(e).split())[:160]
+        raise WeightsError(
+            f"weights file {path}: not a plain tensor file ({type(e).__name__}: {reason}); "
+            f"if it is a pickle you trust, set {TRUST_PICKLE_ENV}=1"
+        ) from e
 
 
 def _cnn(model: nn.Module) -> nn.Module:
