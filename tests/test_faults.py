@@ -127,3 +127,79 @@ def test_empty_training_set_is_an_error_naming_the_file(tmp_path, capsys):
     assert code == 1 and len(err.splitlines()) == 1, err
     assert "instances_train2017.json: no images" in err
     assert not (out / "last.pth").exists()
+
+
+def _records(out, kind):
+    lines = (Path(out) / "log.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["type"] == kind]
+
+
+def test_skips_are_counted_on_the_feature_cache_path_built_and_reused(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 255, (48, 56, 3), dtype=np.uint8)).save(imgs / f"{i}.png")
+    Image.new("RGB", (10, 40)).save(imgs / "tiny.png")
+    (imgs / "bad.jpg").write_bytes(b"not a jpeg")
+    cache = tmp_path / "cache"
+    cfg = smoke(str(cache), f"data.pretext_root={str(imgs)!r}", "pretrain.epochs=1")
+    assert cfg.pretrain.cache_features
+    for run in ("first", "reused"):
+        train(cfg, "pretrain", tmp_path / run, progress=False)
+        skips = _records(tmp_path / run, "skips")
+        assert [
+            (r["where"], r["report"]["too_small"], r["report"]["unreadable"]) for r in skips
+        ] == [("feature cache (pretext)", 1, 1)], skips
+        assert {Path(f).name for f in skips[0]["report"]["files"]} == {"tiny.png", "bad.jpg"}
+    assert "(reused)" in capsys.readouterr().out
+
+
+def _tiny_coco(root, label):
+    from PIL import Image
+
+    for split, n in (("train2017", 4), ("val2017", 2)):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        images, anns = [], []
+        for i in range(1, n + 1):
+            Image.new("RGB", (64, 48), (40 * i, 100, 30)).save(root / split / f"{i}.png")
+            images.append({"id": i, "file_name": f"{i}.png", "width": 64, "height": 48})
+            anns.append({"id": i, "image_id": i, "category_id": label, "bbox": [8, 6, 30, 20]})
+        d = {"images": images, "annotations": anns, "categories": [{"id": 1}, {"id": 2}]}
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps(d))
+
+
+def test_feature_cache_follows_edited_labels(tmp_path, capsys):
+    root, cache = tmp_path / "coco", tmp_path / "cache"
+    _tiny_coco(root, label=1)
+    cfg = get_config(
+        "smoke",
+        [
+            *[
+                f"{k}={v!r}"
+                for k, v in (
+                    ("data.detection", "coco"),
+                    ("data.detection_root", str(root)),
+                    ("data.cache_dir", str(cache)),
+                )
+            ],
+            "finetune.epochs=1",
+            "finetune.batch_size=2",
+        ],
+    )
+    assert cfg.finetune.cache_features
+    train(cfg, "finetune", tmp_path / "a", progress=False)
+    first = sorted((cache / "features").glob("*.pt"))
+    assert len(first) == 2  # train and val
+    capsys.readouterr()
+    _tiny_coco(root, label=2)  # same images, same count, other labels
+    train(cfg, "finetune", tmp_path / "b", progress=False)
+    assert "changed since the feature cache" in capsys.readouterr().out
+    now = sorted((cache / "features").glob("*.pt"))
+    assert len(now) == 2 and not set(now) & set(first)  # rebuilt, the stale ones removed
+    labels = {int(x) for p in now for t in torch.load(p)["targets"] for x in t["labels"]}
+    assert labels == {2}

@@ -130,8 +130,8 @@ def check_coco_entries(d: dict, ann_file) -> tuple[dict, int]:
             or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)
         ):
             raise bad(f"{name}: 'bbox' must be four finite numbers [x, y, w, h], not {box!r}")
-        if a["image_id"] in ids:
-            kept.append(a)
+        if a["image_id"] in ids:  # COCOeval needs iscrowd and area: the usual defaults
+            kept.append({"iscrowd": 0, "area": float(box[2] * box[3])} | a)
     return {**d, "annotations": kept}, len(d["annotations"]) - len(kept)
 
 
@@ -238,6 +238,10 @@ class CocoDetection(DetectionData):
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def source_files(self) -> list[Path]:
+        """The annotation file and every image file (what a feature cache depends on)."""
+        return [self.ann_file] + [self.image_path(i) for i in range(len(self))]
 
     def image_path(self, index: int) -> Path:
         return self.img_folder / self.coco.imgs[self.ids[index]]["file_name"]

@@ -203,6 +203,9 @@ class PretextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def source_files(self) -> list[Path]:
+        return list(self.files)
+
     def __getstate__(self):
         state = self.__dict__.copy()
         from multiprocessing.context import get_spawning_popen

@@ -126,6 +126,7 @@ class VOCDetection(DetectionData):
         self.box_report = {"clipped": 0, "degenerate": 0}
         self.excluded = {"extreme_aspect": 0}
         self._sizes: list[tuple[int, int]] = []
+        self.annotation_files: list[Path] = []  # split files and XML files read
         images, annotations, split_files = [], [], []
         for year, split in self.splits:
             base = self.root / f"VOC{year}"
@@ -135,6 +136,7 @@ class VOCDetection(DetectionData):
             if not split_file.is_file():
                 raise FileNotFoundError(f"VOC split file not found: {split_file}")
             split_files.append(str(split_file))
+            self.annotation_files.append(split_file)
             names = [ln.split()[0] for ln in split_file.read_text().splitlines() if ln.strip()]
             for name in names:
                 xml_file = base / "Annotations" / f"{name}.xml"
@@ -143,6 +145,7 @@ class VOCDetection(DetectionData):
                         f"VOC annotation not found: {xml_file} (in {split_file})"
                     )
                 ann = parse_voc_xml(xml_file)
+                self.annotation_files.append(xml_file)
                 img_id = len(self.files) + 1
                 h, w = ann["height"], ann["width"]
                 if extreme_aspect(h, w):
@@ -212,6 +215,10 @@ class VOCDetection(DetectionData):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    def source_files(self) -> list[Path]:
+        """Split, XML and image files (what a feature cache depends on)."""
+        return self.annotation_files + self.files
 
     def _entry(self, i: int):
         boxes, labels, difficult = self._targets[i]

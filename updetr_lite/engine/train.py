@@ -234,9 +234,10 @@ class TrainData:
     batches: Batches  # the training batches (dicts)
     sampler: du.ResumableSampler
     seeded: SeededDataset
-    source: Dataset  # the dataset as built by the data package (pretext: has skip_report)
+    source: Dataset  # the dataset as built by the data package (has skip_report)
     val_loader: DataLoader | None = None
     coco_gt: object = None
+    cache_skips: list | None = None  # [(what, report)]: images skipped building the caches
 
 
 def build_data(
@@ -257,21 +258,22 @@ def build_data(
         collate = collate_detection
         coco_gt = val_set.coco
     source = train_set
+    cache_skips = []
     if tc.cache_features:
         ft.check_cacheable(trainable_cnn, stage)
         extractor = ft.FeatureExtractor(model.backbone, device)
         ident = (extractor.weights_hash, cfg.model.backbone, cfg.model.backbone_layer)
         ident += (ft.data_identity(cfg.data),)
         if stage == "finetune":
-            train_set, train_maps = _cached_detection(
-                cfg, extractor, train_set, ident, "train", progress
+            train_set, _ = _cached_detection(
+                cfg, extractor, train_set, ident, "train", progress, cache_skips
             )
             val_set, _ = _cached_detection(
-                cfg, extractor, val_set, ident, "val", progress, eval_view=False
+                cfg, extractor, val_set, ident, "val", progress, cache_skips, eval_view=False
             )
             collate = ft.collate_cached_detection
         else:
-            train_set = _cached_pretext(cfg, extractor, train_set, ident, progress)
+            train_set = _cached_pretext(cfg, extractor, train_set, ident, progress, cache_skips)
             collate = ft.collate_cached_pretext
             if cfg.pretext.patch_feature == "roi":
                 extractor = None  # no CNN per step
@@ -300,20 +302,66 @@ def build_data(
             generator=torch.Generator().manual_seed(tc.seed),  # evaluation draws no training RNG
         )
     batches = Batches(loader, stage == "pretrain", extractor)
-    return TrainData(batches, sampler, seeded, source, val_loader, coco_gt)
+    return TrainData(batches, sampler, seeded, source, val_loader, coco_gt, cache_skips)
 
 
-def _cached_detection(cfg, extractor, dataset, ident, split, progress, eval_view=True):
+def _source_files(dataset) -> list:
+    """The image and annotation files a dataset reads (what its feature cache depends on)."""
+    files = getattr(dataset, "source_files", None)
+    if files is None:
+        raise TrainingError("cache_features: the dataset does not list its files")
+    return files()
+
+
+def _with_skips(dataset, compute, what: str, skips: list):
+    """``compute`` plus the skip report of ``dataset`` taken right after it (stored in the
+    cache); a reused cache's stored report is logged again. Appends (what, report) to skips."""
+
+    def run():
+        value = compute()
+        report = getattr(dataset, "skip_report", lambda: {})()
+        return value | {"skips": report}
+
+    def reported(value):
+        report = value.get("skips") or {}
+        if report:
+            skips.append((what, report))
+        return report
+
+    return run, reported
+
+
+def _log_reused_skips(path, report) -> None:
+    counts = {k: v for k, v in report.items() if k != "files" and v}
+    if counts:
+        print(
+            f"[updetr-lite] feature cache {path.name} (reused): built without {counts} "
+            f"skipped images ({', '.join(report['files'])})"
+        )
+
+
+def _cached(path, compute, dataset, what, skips):
+    run, reported = _with_skips(dataset, compute, what, skips)
+    built = not path.is_file()
+    data = ft.cached(path, run)
+    report = reported(data)
+    if not built:
+        _log_reused_skips(path, report)
+    return data
+
+
+def _cached_detection(cfg, extractor, dataset, ident, split, progress, skips, eval_view=True):
     _, collate_detection, _ = _data_modules()
     view = _eval_view(dataset, cfg) if eval_view else dataset
-    path = ft.cache_path(cfg.data.cache_dir, ft.cache_key("detection", split, len(view), ident))
+    key = ft.cache_key("detection", split, len(view), ident)
+    path = ft.content_cache_path(cfg.data.cache_dir, key, _source_files(dataset))
 
     def compute():
         loader = ft.feature_loader(view, collate_detection, 16, cfg.data.num_workers)
         maps, targets = ft.compute_maps(extractor, loader, f"CNN features ({split})", progress)
         return {"maps": maps, "targets": targets}
 
-    data = ft.cached(path, compute)
+    data = _cached(path, compute, dataset, f"feature cache ({split})", skips)
     ds = ft.CachedDetection(data["maps"], data["targets"])
     if hasattr(dataset, "coco"):
         ds.coco = dataset.coco
@@ -347,16 +395,17 @@ def _collate_images(batch):
     return images, mask, [b[1] for b in batch]
 
 
-def _cached_pretext(cfg, extractor, dataset, ident, progress):
+def _cached_pretext(cfg, extractor, dataset, ident, progress, skips):
     view = _PretextImages(dataset, cfg.pretrain.seed)
-    path = ft.cache_path(cfg.data.cache_dir, ft.cache_key("pretext", len(view), ident))
+    key = ft.cache_key("pretext", len(view), ident)
+    path = ft.content_cache_path(cfg.data.cache_dir, key, _source_files(dataset))
 
     def compute():
         loader = ft.feature_loader(view, _collate_images, 16, cfg.data.num_workers)
         maps, sizes = ft.compute_maps(extractor, loader, "CNN features (pretext)", progress)
         return {"maps": maps, "sizes": sizes}
 
-    data = ft.cached(path, compute)
+    data = _cached(path, compute, dataset, "feature cache (pretext)", skips)
     if cfg.pretext.patch_feature == "roi":
         return ft.CachedPretextRoi(data["maps"], data["sizes"], _box_sampler(dataset, cfg))
     return ft.CachedPretextCrop(data["maps"], dataset)
@@ -527,6 +576,12 @@ def train(
     criterion.to(device)
 
     data = build_data(cfg, stage, tc, info, model, device, trainable_cnn, progress)
+    if ckpt is None:  # a resumed log has these records already
+        for what, report in data.cache_skips or []:
+            log.write(
+                {"type": "skips", "step": 0, "epoch": 0, "where": what}
+                | {"report": _jsonable(report)}
+            )
     batches, sampler, seeded = data.batches, data.sampler, data.seeded
     val_loader, coco_gt = data.val_loader, data.coco_gt
     step_model = du.wrap_ddp(StepModel(model, stage == "pretrain", tc.cache_features), device)
@@ -601,6 +656,12 @@ def train(
         metrics = evaluate(eval_model, val_loader, coco_gt, device)
         last_metrics = metrics
         log.write({"type": "eval", "step": step, "epoch": epoch_} | metrics)
+        report = getattr(val_loader.dataset, "skip_report", lambda: {})()
+        if report:  # val images that could not be read (not on the cached path: no reads)
+            log.write(
+                {"type": "skips", "step": step, "epoch": epoch_, "where": "val"}
+                | {"report": _jsonable(report)}
+            )
         return metrics
 
     last_good = out / "last.pth" if ckpt is not None else None  # what a stop points to
