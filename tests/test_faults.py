@@ -203,3 +203,84 @@ def test_feature_cache_follows_edited_labels(tmp_path, capsys):
     assert len(now) == 2 and not set(now) & set(first)  # rebuilt, the stale ones removed
     labels = {int(x) for p in now for t in torch.load(p)["targets"] for x in t["labels"]}
     assert labels == {2}
+
+
+def test_a_second_run_into_the_same_folder_is_refused_and_a_stale_lock_is_taken(
+    tmp_path, cache, capsys
+):
+    import subprocess
+
+    from updetr_lite.engine.runlock import OutputInUseError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = smoke(cache, "pretrain.epochs=1")
+    import socket
+
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        (out / ".lock").write_text(f"{live.pid} {socket.gethostname()}\n")
+        with pytest.raises(OutputInUseError, match=rf"in use by another run \(process {live.pid} "):
+            train(cfg, "pretrain", out, progress=False)
+        assert not (out / "log.jsonl").exists()
+    finally:
+        live.kill()
+        live.wait()
+    capsys.readouterr()
+    # the same lock, its process now gone (as after a SIGKILL): detected, removed, said
+    train(cfg, "pretrain", out, progress=False)
+    assert f"removing the lock of process {live.pid} (no longer runs)" in capsys.readouterr().out
+    assert (out / "last.pth").exists() and not (out / ".lock").exists()  # released at the end
+
+
+def test_a_checkpoint_set_cut_by_a_kill_is_completed_on_resume(tmp_path, cache, capsys):
+    import shutil
+
+    from updetr_lite.engine.checkpoint import atomic_save
+
+    out = tmp_path / "run"
+    cfg = smoke(cache, "finetune.epochs=2", "finetune.checkpoint_every=1")
+    train(cfg, "finetune", out, progress=False)
+    last = load_checkpoint(out / "last.pth")
+    assert last["epoch"] == 2 and (out / "epoch_2.pth").exists()
+    # a kill after last.pth of epoch 2: epoch_2.pth never written, best.pth of an older best
+    (out / "epoch_2.pth").unlink()
+    stale = load_checkpoint(out / "epoch_1.pth") | {"best": -1.0}
+    atomic_save(stale, out / "best.pth")
+    shutil.copyfile(out / "epoch_1.pth", out / ".last.pth.x1y2z3.tmp")  # an orphaned temp file
+    capsys.readouterr()
+    train(cfg, "finetune", out, resume=True, progress=False)
+    said = capsys.readouterr().out
+    assert "removed 1 temporary files" in said and "rewrote epoch_2.pth, best.pth" in said
+    assert not list(out.glob(".*.tmp"))
+    for name in ("epoch_2.pth", "best.pth"):
+        assert (out / name).read_bytes() == (out / "last.pth").read_bytes(), name
+    capsys.readouterr()
+    train(cfg, "finetune", out, resume=True, progress=False)  # a complete set: nothing to do
+    assert "rewrote" not in capsys.readouterr().out
+
+
+def test_resume_with_changed_settings_is_refused_naming_them(tmp_path, cache, capsys):
+    from updetr_lite.engine.train import TrainingError
+
+    out = tmp_path / "run"
+    cfg = smoke(cache, "pretrain.epochs=1")
+    train(cfg, "pretrain", out, progress=False)
+    saved = (out / "config.json").read_text()
+    with pytest.raises(TrainingError, match=r"other settings \(pretrain.lr 0.0005 -> 0.001\)"):
+        train(
+            smoke(cache, "pretrain.epochs=1", "pretrain.lr=1e-3"),
+            "pretrain",
+            out,
+            resume=True,
+            progress=False,
+        )
+    assert (out / "config.json").read_text() == saved  # not overwritten by the refused run
+    other = get_config("lite", [f"data.cache_dir={cache!r}"])  # another preset's settings
+    with pytest.raises(TrainingError, match=r"model.hidden_dim 32 -> 128"):
+        train(other, "pretrain", out, resume=True, progress=False)
+    # a longer schedule is applied, and said
+    capsys.readouterr()
+    summary = train(smoke(cache, "pretrain.epochs=2"), "pretrain", out, resume=True, progress=False)
+    assert "applying changed settings: pretrain.epochs 1 -> 2" in capsys.readouterr().out
+    assert summary["epochs"] == 2

@@ -20,6 +20,13 @@ continues bit for bit (in deterministic mode, same process count and thread coun
 
 With ``TrainConfig.cache_features`` (a lite deviation, frozen CNN only) the CNN runs once per
 image and the transformer trains on the cached maps (``features.py``).
+
+Faults: ``out_dir/.lock`` keeps a second run out of the folder (``runlock.py``); temporary
+files of an interrupted save are removed at the start; on resume, best.pth and epoch_K.pth
+that a kill kept from being written are rewritten from last.pth, and settings that differ
+from the checkpoint's are refused by name (the schedule's length, bookkeeping and data paths
+excepted: those are applied and said). NaN or inf in the predictions, loss terms, gradient
+norm or weights stops the run naming the step; no non-finite weights are ever saved.
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .evaluate import evaluate
+from .runlock import out_lock
 
 STAGES = ("pretrain", "finetune")
 
@@ -550,7 +558,62 @@ def train(
     info = du.init_distributed(device)
     if device.type == "cuda" and info.distributed:
         device = torch.device("cuda", info.local_rank)
+    with out_lock(out, enabled=info.is_main):
+        return _train(cfg, stage, tc, out, init, resume, device, info, last_every_steps, progress)
+
+
+# settings that may differ on resume: they change how long the run goes and where files are,
+# not the trajectory so far (anything else is refused: the optimizer state would silently
+# keep the old lr, the model its old shapes)
+RESUMABLE_CHANGES = {
+    "data.num_workers",
+    "data.cache_dir",
+    "data.pretext_root",
+    "data.detection_root",
+    "model.backbone_weights",  # the CNN's weights come from the checkpoint
+}
+RESUMABLE_SCHEDULE = ("epochs", "max_steps", "eval_every", "checkpoint_every", "log_every")
+
+
+def _settings_changes(old: dict, new: dict, stage: str) -> list[tuple[str, object, object]]:
+    """(section.field, old, new) of this stage's settings that differ (the other stage's
+    schedule and the preset name do not matter)."""
+    other = "finetune" if stage == "pretrain" else "pretrain"
+    changes = []
+    for section, fields in new.items():
+        if not isinstance(fields, dict) or section == other:
+            continue
+        for k, v in fields.items():
+            was = old.get(section, {}).get(k)
+            if was != v:
+                changes.append((f"{section}.{k}", was, v))
+    return changes
+
+
+def _check_resume_settings(ckpt: dict, cfg: Config, stage: str, path: Path) -> None:
+    """Refuse (TrainingError naming them) settings that differ from the checkpoint's, except
+    RESUMABLE_CHANGES and the schedule's length and bookkeeping, which are applied and said."""
+    if not isinstance(ckpt.get("config"), dict):
+        return
+    old = Config.from_dict(ckpt["config"]).to_dict()
+    changes = _settings_changes(old, cfg.to_dict(), stage)
+    allowed = RESUMABLE_CHANGES | {f"{stage}.{k}" for k in RESUMABLE_SCHEDULE}
+    refused = [c for c in changes if c[0] not in allowed]
+    text = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in (refused or changes)[:6])
+    more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
+    if refused:
+        raise TrainingError(
+            f"resume: {path} was trained with other settings ({text}{more}); resume with "
+            "the settings in its config.json, or start a new --out"
+        )
+    if changes and du.is_main_process():
+        print(f"[updetr-lite] resume: applying changed settings: {text}")
+
+
+def _train(cfg, stage, tc, out, init, resume, device, info, last_every_steps, progress) -> dict:
     main = info.is_main
+    if main:
+        _clean_temporary_files(out)
     set_deterministic(tc.deterministic)
     seed_everything(tc.seed)  # the same initial weights (and frozen CNN) on every rank
 
@@ -561,6 +624,9 @@ def train(
     if resume:
         ckpt = load_checkpoint(out / "last.pth")
         check_kind(ckpt, kind, num_classes, out / "last.pth")
+        _check_resume_settings(ckpt, cfg, stage, out / "last.pth")
+        if main:
+            _repair_checkpoint_set(out, ckpt, tc)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(cfg.to_json())
@@ -601,7 +667,13 @@ def train(
     window, window_count = {}, 0
     last_metrics = None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:  # PyTorch lists every key: keep the first line's gist
+            raise TrainingError(
+                f"resume: {out / 'last.pth'} does not fit the {kind} model of these settings "
+                f"({' '.join(str(e).split())[:200]})"
+            ) from e
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         epoch, batches_done, step = ckpt["epoch"], ckpt["batches_done"], ckpt["step"]
@@ -795,6 +867,65 @@ def train(
         "images_per_s": images_seen / max(wall, 1e-9),
     }
     return summary
+
+
+def _clean_temporary_files(out: Path) -> None:
+    """Remove what an interrupted atomic_save left (``.NAME.pth.XXXX.tmp``); the lock on
+    ``out`` guarantees that no other run is writing them."""
+    stale = sorted(out.glob(".*.pth.*.tmp"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    if stale:
+        print(f"[updetr-lite] {out}: removed {len(stale)} temporary files of an interrupted save")
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> None:
+    """Copy a checkpoint file so that ``dst`` is always the old or the new file."""
+    import shutil
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+_MISSING = object()
+
+
+def _field(path: Path, key: str):
+    """``key`` of the checkpoint at ``path``; _MISSING when absent or unreadable."""
+    if not path.is_file():
+        return _MISSING
+    try:
+        return load_checkpoint(path).get(key, _MISSING)
+    except ValueError:  # damaged: rewrite it
+        return _MISSING
+
+
+def _repair_checkpoint_set(out: Path, ckpt: dict, tc) -> None:
+    """One save writes last.pth, then best.pth (if improved), then epoch_K.pth: a kill in
+    between leaves the later ones missing or stale. last.pth holds the state they should
+    hold: best.pth when its best value differs from last's, epoch_K.pth when last.pth ends
+    epoch K and epoch_K.pth is missing or of another step. Rewrite those from last.pth."""
+    last, fixed = out / "last.pth", []
+    epoch = ckpt["epoch"]
+    if ckpt["batches_done"] == 0 and epoch and tc.checkpoint_every:
+        if (
+            epoch % tc.checkpoint_every == 0
+            and _field(out / f"epoch_{epoch}.pth", "step") != ckpt["step"]
+        ):
+            fixed.append(f"epoch_{epoch}.pth")
+    if ckpt.get("best") is not None and _field(out / "best.pth", "best") != ckpt["best"]:
+        fixed.append("best.pth")
+    for name in fixed:
+        _copy_checkpoint(last, out / name)
+    if fixed:
+        print(f"[updetr-lite] resume: rewrote {', '.join(fixed)} from last.pth (a save was cut)")
 
 
 def _jsonable(x):
