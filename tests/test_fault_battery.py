@@ -497,3 +497,67 @@ def test_weights_file_is_never_unpickled_unasked(content, fragment, tmp_path, mo
         build_detr(cfg)
     assert str(path) in str(info.value) and "UPDETR_LITE_TRUST_PICKLE=1" in str(info.value)
     assert loads and all(k.get("weights_only") is True for k in loads)
+
+
+# --------------------------------------------------------------------------- checkpoint files
+
+
+class _Payload:
+    """Unpickling this would run code (touch a file): it must never be unpickled unasked."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def _checkpoint_file(kind, d):
+    import torch
+
+    path = d / f"{kind}.pth"
+    if kind == "random":
+        path.write_bytes(bytes(range(256)) * 8)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes((d / "det.pth").read_bytes()[:4000])
+    elif kind == "list":
+        torch.save([1, 2, 3], path)
+    elif kind == "payload":
+        torch.save({"model": {}, "x": _Payload(d / "pwned")}, path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "no_model":
+        torch.save({"epoch": 3}, path)
+    return path
+
+
+CHECKPOINT_ERRORS = [
+    ("random", ["random.pth", "cannot be read"]),
+    ("empty", ["empty.pth", "cannot be read"]),
+    ("truncated", ["truncated.pth", "cannot be read"]),
+    ("list", ["list.pth", "expected a dict, found list"]),
+    ("payload", ["payload.pth", "cannot be read", "Weights only load failed"]),
+    ("folder", ["folder.pth", "is a folder"]),
+    ("no_model", ["no model state dict"]),
+]
+
+
+@pytest.mark.parametrize("kind,fragments", CHECKPOINT_ERRORS, ids=[r[0] for r in CHECKPOINT_ERRORS])
+def test_bad_checkpoint_file_is_one_line_and_never_unpickled(
+    kind, fragments, ckpts, tmp_path, capsys
+):
+    import shutil
+
+    shutil.copy(ckpts / "det.pth", tmp_path / "det.pth")
+    path = _checkpoint_file(kind, tmp_path)
+    code, _, err = run(["evaluate", "--checkpoint", str(path)], capsys)
+    one_line_error(code, err, *fragments)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_resume_without_a_checkpoint_names_it(tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = run(["pretrain", *SMOKE, "--out", str(out), "--resume"], capsys)
+    one_line_error(code, err, str(out / "last.pth"), "no such file")

@@ -86,15 +86,38 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         pass
 
 
+TRUST_PICKLE_ENV = "UPDETR_LITE_TRUST_PICKLE"  # =1: the user vouches for a pickled file
+
+
+def safe_load(path, map_location="cpu"):
+    """torch.load without running pickled code (``weights_only=True``), allowing only what
+    checkpoints hold besides tensors: numpy arrays (the RNG states) and argparse's Namespace
+    (the authors' ``args``). UPDETR_LITE_TRUST_PICKLE=1 unpickles anything (trusted files)."""
+    import argparse
+
+    if os.environ.get(TRUST_PICKLE_ENV) == "1":
+        return torch.load(path, map_location=map_location, weights_only=False)
+    core = getattr(np, "_core", None) or np.core
+    allowed = [argparse.Namespace, np.ndarray, np.dtype, core.multiarray._reconstruct]
+    allowed += [type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.bool_)]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read a checkpoint file; one-line errors for a missing or unreadable file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated or not a torch file
-        raise CheckpointError(f"checkpoint {path}: cannot be read ({type(e).__name__}: {e})") from e
+        ckpt = safe_load(path, map_location)
+    except Exception as e:  # truncated, not a torch file, or a pickle of other classes
+        raise CheckpointError(
+            f"checkpoint {path}: cannot be read ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]})"
+        ) from e
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict, found {type(ckpt).__name__}")
     return ckpt

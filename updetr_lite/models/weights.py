@@ -42,24 +42,17 @@ class LoadReport:
         )
 
 
-TRUST_PICKLE_ENV = "UPDETR_LITE_TRUST_PICKLE"  # =1: the user vouches for a pickled file
-
-
 def _read(path: str) -> dict:
-    """The file's tensors, read without running pickled code: ``weights_only=True`` with the
-    one class DETR checkpoints add (their argparse ``args``) allowed. Anything else is refused
-    (unpickling runs arbitrary code) unless the user sets UPDETR_LITE_TRUST_PICKLE=1."""
-    import argparse
+    """The file's tensors, read without running pickled code (``checkpoint.safe_load``:
+    tensors, numpy arrays and DETR's argparse ``args`` only). Anything else is refused, since
+    unpickling runs arbitrary code, unless the user sets UPDETR_LITE_TRUST_PICKLE=1."""
+    from ..engine.checkpoint import TRUST_PICKLE_ENV, safe_load
 
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        return safe_load(path)
     except Exception as e:
-        if os.environ.get(TRUST_PICKLE_ENV) == "1":
-            log.warning("%s: loading the full pickle (%s=1)", path, TRUST_PICKLE_ENV)
-            return torch.load(path, map_location="cpu", weights_only=False)
         reason = " ".join(str(e).split())[:160]
         raise WeightsError(
             f"weights file {path}: not a plain tensor file ({type(e).__name__}: {reason}); "
