@@ -710,14 +710,17 @@ def _train(cfg, stage, tc, out, init, resume, device, info, last_every_steps, pr
             "world_size": info.world_size,
         }
 
-    def save(name: str, st: dict) -> None:
-        nonlocal last_good
-        bad = _non_finite(st["model"])
+    def check_weights(epoch_: int, what: str) -> None:
+        bad = _non_finite(model.state_dict())
         if bad:  # same weights on every rank: all of them stop here
             raise NonFiniteLossError(
-                f"epoch {st['epoch']}, step {step}: {len(bad)} weight tensors hold NaN or inf "
-                f"(first: {bad[0]}); {name} was not written; {stopped()}"
+                f"epoch {epoch_}, step {step}: {len(bad)} weight tensors hold NaN or inf "
+                f"(first: {bad[0]}); {what}; {stopped()}"
             )
+
+    def save(name: str, st: dict) -> None:
+        nonlocal last_good
+        check_weights(st["epoch"], f"{name} was not written")
         if main:
             atomic_save(st, out / name)
         if name == "last.pth":
@@ -725,6 +728,7 @@ def _train(cfg, stage, tc, out, init, resume, device, info, last_every_steps, pr
 
     def run_eval(epoch_):
         nonlocal last_metrics
+        check_weights(epoch_, "not evaluated, no checkpoint written")
         metrics = evaluate(eval_model, val_loader, coco_gt, device)
         last_metrics = metrics
         log.write({"type": "eval", "step": step, "epoch": epoch_} | metrics)
