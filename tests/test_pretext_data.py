@@ -181,7 +181,7 @@ def test_bad_files_are_skipped_counted_and_named(tmp_path):
         [17, 60],
         [17, 60],
     ]
-    assert ds.skipped == {"too_small": 1, "unreadable": 2}
+    assert ds.skipped == {"too_small": 1, "unreadable": 2, "extreme_aspect": 0}
     report = ds.report_skips()
     assert report["too_small"] == 1 and report["unreadable"] == 2
     assert {p.split("/")[-1] for p in report["files"]} == {

@@ -82,6 +82,17 @@ def _device(args, default: str = "cpu") -> str:
     return dev
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value is a one-line usage error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, not {text!r}")
+    return value
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -242,7 +253,7 @@ def cmd_evaluate(args) -> int:
         )
     loader = DataLoader(
         val,
-        batch_size=args.batch or max(1, cfg.finetune.batch_size),
+        batch_size=args.batch or cfg.finetune.batch_size,
         shuffle=False,
         num_workers=cfg.data.num_workers,
         collate_fn=collate_detection,
@@ -270,21 +281,41 @@ def _unique_stems(paths: list[str]) -> list[str]:
     return stems
 
 
+def _image_files(paths: list[str]) -> list[str]:
+    """The given image files, a folder standing for the images under it (sorted)."""
+    from .data.pretext import list_images
+
+    files = []
+    for p in paths:
+        if Path(p).is_dir():
+            files += [str(f) for f in list_images(p)]
+        elif not Path(p).is_file():
+            raise FileNotFoundError(f"image file not found: {p}")
+        else:
+            files.append(p)
+    return files
+
+
 def cmd_predict(args) -> int:
-    """Detections per image: OUT/<stem>.json and OUT/<stem>.png, plus OUT/predictions.json."""
+    """Detections per image: OUT/<stem>.json and OUT/<stem>.png, plus OUT/predictions.json.
+    A bad image (unreadable, too small) is skipped and named; the others are still written,
+    and the command then fails with the count."""
     from .draw import save_boxes_png
-    from .engine.inference import load_image, load_model, predict_image
+    from .engine.inference import InferenceError, load_image, load_model, predict_image
 
     if not 0.0 <= args.threshold <= 1.0:
         raise CLIError(f"--threshold {args.threshold}: must be in [0, 1]")
-    for p in args.images:
-        if not Path(p).is_file():
-            raise FileNotFoundError(f"image file not found: {p}")
+    images = _image_files(args.images)
     out = Path(args.out or "runs/predict")
     model, cfg = load_model(args.checkpoint, "detection", _device(args), args.preset, args.set)
-    everything = []
-    for path, stem in zip(args.images, _unique_stems(args.images)):
-        img = load_image(path)
+    everything, skipped = [], []
+    for path, stem in zip(images, _unique_stems(images)):
+        try:
+            img = load_image(path)
+        except InferenceError as e:
+            skipped.append(str(e))
+            print(f"{path}: skipped ({e})", file=sys.stderr)
+            continue
         det = predict_image(model, cfg, img, threshold=args.threshold)
         record = {
             "image": str(path),
@@ -299,7 +330,13 @@ def cmd_predict(args) -> int:
         save_boxes_png(out / f"{stem}.png", img, det["boxes"], texts, record["labels"])
         everything.append(record)
         print(f"{path}: {len(record['scores'])} boxes -> {out / stem}.json, .png")
+    out.mkdir(parents=True, exist_ok=True)
     (out / "predictions.json").write_text(json.dumps(everything, indent=1) + "\n")
+    if skipped:
+        raise CLIError(
+            f"predict: {len(skipped)} of {len(images)} images skipped (first: {skipped[0]}); "
+            f"the other {len(everything)} are in {out / 'predictions.json'}"
+        )
     return 0
 
 
@@ -311,6 +348,8 @@ def cmd_localize(args) -> int:
     if bool(args.patch) == bool(args.box):
         raise CLIError("localize: give query patches with --patch FILE or --box x0,y0,x1,y1")
     for p in [args.image] + list(args.patch or []):
+        if Path(p).is_dir():
+            raise CLIError(f"{p} is a folder, not an image file")
         if not Path(p).is_file():
             raise FileNotFoundError(f"image file not found: {p}")
     boxes = [parse_box(b) for b in args.box] if args.box else None
@@ -464,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", parents=[common], help="AP of a detection checkpoint")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--batch", type=_positive_int, default=None)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
@@ -485,11 +524,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[common], help="throughput and memory")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--batch", type=int, default=None, help="images per step")
-    p.add_argument("--steps", type=int, default=5, help="timed steps")
+    p.add_argument("--batch", type=_positive_int, default=None, help="images per step")
+    p.add_argument("--steps", type=_positive_int, default=5, help="timed steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before")
     p.add_argument("--no-data", action="store_true", help="skip the data pipeline")
-    p.add_argument("--repeats", type=int, default=3, help="timed blocks; the median is reported")
+    p.add_argument(
+        "--repeats", type=_positive_int, default=3, help="timed blocks; the median is reported"
+    )
     p.add_argument(
         "--aspect", type=float, default=1.0, help="width/height of the random images (4:3: 1.333)"
     )

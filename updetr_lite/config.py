@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 
@@ -153,14 +154,22 @@ class Config:
     )
 
     def validate(self) -> Config:
+        """Check every setting's type and range (and the ones that must agree); returns self.
+
+        The one place settings are checked: every entry point (``get_config``, ``from_dict``,
+        ``override``, ``train``, the model builders) calls it before any work starts. A bad
+        setting raises ConfigError with one line naming it, e.g. ``pretrain.lr='abc'``."""
+        for section, rules in _RULES.items():
+            sub = getattr(self, section) if section else self
+            for f in dataclasses.fields(sub):
+                _check_field(
+                    f"{section}.{f.name}" if section else f.name,
+                    getattr(sub, f.name),
+                    f.type,
+                    rules.get(f.name),
+                )
         m, p = self.model, self.pretext
-        if m.backbone not in ("resnet18", "resnet34", "resnet50", "resnet101"):
-            raise ConfigError(
-                f"unknown backbone {m.backbone!r}: choose resnet18, resnet34, resnet50 or resnet101"
-            )
-        if m.backbone_layer not in ("layer3", "layer4"):
-            raise ConfigError(f"backbone_layer must be layer3 or layer4, not {m.backbone_layer!r}")
-        if p.num_patches < 1 or m.num_queries % p.num_patches:
+        if m.num_queries % p.num_patches:
             raise ConfigError(
                 f"num_queries N={m.num_queries} must be divisible by num_patches M={p.num_patches}"
             )
@@ -177,8 +186,13 @@ class Config:
                 f"model.enc_layers must be >= 0 and dec_layers >= 1, not {m.enc_layers}, "
                 f"{m.dec_layers}"
             )
+        if m.hidden_dim % 4:  # the sine positions: x and y halves, each of sin/cos pairs
+            raise ConfigError(f"model.hidden_dim={m.hidden_dim}: must be a multiple of 4")
         if m.hidden_dim % m.nheads:
             raise ConfigError(f"hidden_dim {m.hidden_dim} must be divisible by nheads {m.nheads}")
+        lo, hi = self.data.crop_min_max
+        if lo > hi:
+            raise ConfigError(f"data.crop_min_max={self.data.crop_min_max!r}: min must be <= max")
         return self
 
     def to_dict(self) -> dict:
@@ -229,6 +243,129 @@ class Config:
                 value = None
             d[section][name] = value
         return Config.from_dict(d)
+
+
+# Per field: a choice tuple, or (low, high) bounds of a number (None: unbounded; a float low
+# bound of 0.0 with ``open`` means > 0). Types come from the dataclass annotations.
+_POS = (1, None)  # an integer >= 1
+_NONNEG = (0, None)
+_RULES: dict[str, dict] = {
+    "": {},
+    "model": {
+        "backbone": ("resnet18", "resnet34", "resnet50", "resnet101"),
+        "backbone_layer": ("layer3", "layer4"),
+        "hidden_dim": _POS,
+        "nheads": _POS,
+        "enc_layers": _NONNEG,
+        "dec_layers": _POS,
+        "dim_feedforward": _POS,
+        "dropout": (0.0, 1.0, "below"),
+        "num_queries": _POS,
+        "num_classes": _POS,
+    },
+    "pretext": {
+        "num_patches": _POS,
+        "patch_size": (2, None),
+        "patch_dropout": (0.0, 1.0, "below"),
+        "patch_feature": ("crop", "roi"),
+        "min_patch": _POS,
+        "patch_init_gain": (0.0, None, "open"),
+    },
+    "loss": {
+        k: (0.0, None)
+        for k in ("ce", "bbox", "giou", "rec", "eos_coef", "cost_class", "cost_bbox", "cost_giou")
+    },
+    "data": {
+        "pretext_scales": _POS,
+        "pretext_max_size": _POS,
+        "scales": _POS,
+        "max_size": _POS,
+        "crop_scales": _POS,
+        "crop_min_max": _POS,
+        "test_size": _POS,
+        "detection": ("embedded", "coco", "voc"),
+        "embedded_image_size": (32, None),
+        "embedded_train": _POS,
+        "embedded_val": _POS,
+        "embedded_unlabeled": _POS,
+        "embedded_seed": _NONNEG,
+        "num_workers": _NONNEG,
+    },
+}
+_RULES["pretrain"] = _RULES["finetune"] = {
+    "epochs": _POS,
+    "lr": (0.0, None),
+    "lr_backbone": (0.0, None),
+    "weight_decay": (0.0, None),
+    "clip_max_norm": (0.0, None),
+    "lr_drop": _POS,
+    "batch_size": _POS,
+    "max_steps": _NONNEG,
+    "eval_every": _POS,
+    "checkpoint_every": _NONNEG,
+    "seed": _NONNEG,
+    "log_every": _POS,
+}
+
+
+def _type_error(name: str, value, what: str) -> ConfigError:
+    return ConfigError(f"{name}={value!r}: must be {what}")
+
+
+def _check_number(name: str, value, kind: str, rule) -> None:
+    """``value`` is a ``kind`` ('int' | 'float') inside ``rule`` = (low, high[, 'open' |
+    'below'])."""
+    is_int = isinstance(value, int) and not isinstance(value, bool)
+    if kind == "int" and not is_int:
+        raise _type_error(name, value, "an integer")
+    if kind == "float" and not (is_int or isinstance(value, float)):
+        raise _type_error(name, value, "a number")
+    if not math.isfinite(value):
+        raise _type_error(name, value, "a finite number")
+    if rule is None:
+        return
+    low, high, *how = rule
+    open_low, open_high = how == ["open"], how == ["below"]
+    if low is not None and (value < low or (open_low and value == low)):
+        raise _type_error(name, value, f"{'>' if open_low else '>='} {low}")
+    if high is not None and (value > high or (open_high and value == high)):
+        raise _type_error(name, value, f"{'<' if open_high else '<='} {high}")
+
+
+def _check_field(name: str, value, annotation: str, rule) -> None:
+    """Type (from the dataclass annotation string) and range or choice of one setting."""
+    if annotation == "str | None":
+        if value is not None and not isinstance(value, str):
+            raise _type_error(name, value, "a path (a string) or None")
+    elif annotation == "str":
+        if not isinstance(value, str):
+            raise _type_error(name, value, "a string")
+    elif annotation == "bool":
+        if not isinstance(value, bool):
+            raise _type_error(name, value, "True or False")
+    elif annotation in ("int", "float"):
+        _check_number(name, value, annotation, rule)
+        return
+    elif annotation.startswith("tuple[int"):
+        pair = annotation == "tuple[int, int]"
+        what = "a pair of integers, e.g. (384, 600)" if pair else "a tuple of integers, e.g. (64,)"
+        if (
+            not isinstance(value, tuple)
+            or not value
+            or (pair and len(value) != 2)
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        ):
+            raise _type_error(name, value, what)
+        for v in value:
+            _check_number(name, v, "int", rule)
+        return
+    else:
+        return  # a section (ModelConfig, ...): checked field by field on its own
+    if isinstance(rule, tuple) and rule and isinstance(rule[0], str) and value not in rule:
+        field_name = name.rpartition(".")[2]
+        raise ConfigError(
+            f"unknown {field_name} {value!r} ({name}): choose one of {', '.join(rule)}"
+        )
 
 
 def paper() -> Config:

@@ -15,11 +15,15 @@ Returned per image: ``image`` [3, H, W] ImageNet-normalised; ``target`` with ``b
 [M, 3, p, p] normalised.
 
 Bad input: a folder without images is one ``NoImagesError``. Images with a side of 16 px or
-less are skipped (counted as ``too_small``), unreadable or truncated files are skipped with a
+less are skipped (counted as ``too_small``), images whose long side is over ``MAX_ASPECT``
+times the short one (resized, the short side would shrink to nothing) as ``extreme_aspect``,
+unreadable or truncated files are skipped with a
 warning naming the file (counted as ``unreadable``): ``__getitem__`` returns the next good
 image instead. ``report_skips()`` (alias ``skip_report``, which the engine calls at the end
 of an epoch) logs and returns the counts and resets them. Counters live in shared memory, so
-skips in DataLoader workers are counted too. PIL is told not to load truncated files.
+skips in DataLoader workers are counted too, and ``copy.copy`` shares them (the feature
+cache reads through a copy). PIL is told not to load truncated files. 16-bit grey images
+are scaled to 8 bits (65535 -> 255), not clipped.
 
 All randomness comes from torch's global RNG unless a generator is passed, so the engine's
 per-item seeding makes every draw reproducible.
@@ -40,6 +44,8 @@ from torchvision.ops import box_convert
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from .skips import MAX_ASPECT, extreme_aspect
+
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error here, never grey pixels
 
 log = logging.getLogger(__name__)
@@ -48,7 +54,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_SIDE = 16  # images with a side <= this many pixels are skipped (authors' rule)
-SKIP_KINDS = ("too_small", "unreadable")
+SKIP_KINDS = ("too_small", "unreadable", "extreme_aspect")
 
 
 class NoImagesError(FileNotFoundError):
@@ -88,7 +94,7 @@ def load_rgb(path) -> Image.Image:
     try:
         with Image.open(path) as im:
             im.load()  # decode now: truncation and corruption raise here, not later
-            return im.convert("RGB")
+            return to_rgb(im)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise UnreadableImageError(f"cannot read image {path}: {e}") from e
 
@@ -108,6 +114,17 @@ def read_rgb(path) -> torch.Tensor:
         except (ImportError, RuntimeError, OSError):
             pass  # PIL decides: it reads the file or raises UnreadableImageError
     return TF.pil_to_tensor(load_rgb(path))
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """An RGB copy; 16-bit (and 32-bit integer) grey is scaled by 255/65535 first, since
+    PIL's convert would clip every value over 255 to white."""
+    if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        import numpy as np
+
+        a = np.asarray(im).astype(np.float64)
+        im = Image.fromarray(np.clip(np.round(a * (255 / 65535)), 0, 255).astype(np.uint8), "L")
+    return im.convert("RGB")
 
 
 def sample_patch_boxes(
@@ -206,6 +223,9 @@ class PretextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    def source_files(self) -> list[Path]:
+        return list(self.files)
+
     def __getstate__(self):
         state = self.__dict__.copy()
         from multiprocessing.context import get_spawning_popen
@@ -213,6 +233,11 @@ class PretextDataset(Dataset):
         if get_spawning_popen() is None:  # a plain pickle/deepcopy: carry a snapshot
             state["_flags"] = bytes(self._flags)
         return state
+
+    def __copy__(self):  # a view of the same files: share the skip counters
+        new = self.__class__.__new__(self.__class__)
+        new.__dict__.update(self.__dict__)
+        return new
 
     def __setstate__(self, state):
         if isinstance(state["_flags"], bytes):
@@ -240,12 +265,14 @@ class PretextDataset(Dataset):
             return {}
         files = [str(self.files[i]) for i, f in enumerate(flags) if f][:20]
         log.warning(
-            "pretext data %s: skipped %d images with a side <= %d px and %d unreadable files "
-            "(%s%s)",
+            "pretext data %s: skipped %d images with a side <= %d px, %d unreadable files and "
+            "%d images with an aspect ratio over %d (%s%s)",
             self.root if not isinstance(self.root, (list, tuple)) else "(file list)",
             counts["too_small"],
             MIN_SIDE,
             counts["unreadable"],
+            counts["extreme_aspect"],
+            MAX_ASPECT,
             ", ".join(files),
             ", ..." if sum(counts.values()) > len(files) else "",
         )
@@ -270,6 +297,9 @@ class PretextDataset(Dataset):
             return None
         if min(img.shape[-2:]) <= MIN_SIDE:
             self._count(i, "too_small")
+            return None
+        if extreme_aspect(*img.shape[-2:]):
+            self._count(i, "extreme_aspect")
             return None
         return img
 

@@ -19,7 +19,10 @@ small difference from VOC's IoU on these ignored objects.) ``train_difficult=Fal
 them from the training targets instead.
 
 A missing root, year folder or split file is a ``FileNotFoundError`` naming the path; a
-malformed XML file is a ``VOCFormatError`` naming the file and the reason.
+malformed XML file is a ``VOCFormatError`` naming the file and the reason; split files that
+list no image are a ``VOCFormatError`` naming them. Images with an aspect ratio over
+``MAX_ASPECT`` are left out and counted; missing, unreadable or wrongly sized JPEGs are
+skipped and counted while reading, as in ``coco.py``.
 """
 
 from __future__ import annotations
@@ -29,10 +32,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import torch
-from torch.utils.data import Dataset
 
-from .coco import AnnotationError, clean_boxes, coco_from_dict, make_sample
-from .pretext import load_rgb
+from .coco import AnnotationError, DetectionData, clean_boxes, coco_from_dict
+from .skips import MAX_ASPECT, extreme_aspect
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +112,7 @@ def parse_voc_xml(xml_file: Path) -> dict:
     return {"width": w, "height": h, "objects": objects}
 
 
-class VOCDetection(Dataset):
+class VOCDetection(DetectionData):
     """(image, target) per image of the given VOC splits; see the module doc."""
 
     def __init__(self, root, splits=TRAIN_SPLITS, transforms=None, train_difficult: bool = True):
@@ -122,7 +124,10 @@ class VOCDetection(Dataset):
         self.files: list[Path] = []  # image paths, index i -> image id i + 1
         self._targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         self.box_report = {"clipped": 0, "degenerate": 0}
-        images, annotations = [], []
+        self.excluded = {"extreme_aspect": 0}
+        self._sizes: list[tuple[int, int]] = []
+        self.annotation_files: list[Path] = []  # split files and XML files read
+        images, annotations, split_files = [], [], []
         for year, split in self.splits:
             base = self.root / f"VOC{year}"
             if not base.is_dir():
@@ -130,6 +135,8 @@ class VOCDetection(Dataset):
             split_file = base / "ImageSets" / "Main" / f"{split}.txt"
             if not split_file.is_file():
                 raise FileNotFoundError(f"VOC split file not found: {split_file}")
+            split_files.append(str(split_file))
+            self.annotation_files.append(split_file)
             names = [ln.split()[0] for ln in split_file.read_text().splitlines() if ln.strip()]
             for name in names:
                 xml_file = base / "Annotations" / f"{name}.xml"
@@ -138,9 +145,14 @@ class VOCDetection(Dataset):
                         f"VOC annotation not found: {xml_file} (in {split_file})"
                     )
                 ann = parse_voc_xml(xml_file)
+                self.annotation_files.append(xml_file)
                 img_id = len(self.files) + 1
                 h, w = ann["height"], ann["width"]
+                if extreme_aspect(h, w):
+                    self.excluded["extreme_aspect"] += 1
+                    continue
                 self.files.append(base / "JPEGImages" / f"{name}.jpg")
+                self._sizes.append((h, w))
                 images.append(
                     {
                         "id": img_id,
@@ -174,6 +186,17 @@ class VOCDetection(Dataset):
                             "iscrowd": int(dif),
                         }
                     )
+        if not self.files:
+            raise VOCFormatError(f"VOC split files list no usable image: {', '.join(split_files)}")
+        self.where = f"VOC {self.root} {' '.join('-'.join(s) for s in self.splits)}"
+        self._init_skips(len(self.files))
+        if self.excluded["extreme_aspect"]:
+            log.warning(
+                "%s: %d images with an aspect ratio over %d left out",
+                self.where,
+                self.excluded["extreme_aspect"],
+                MAX_ASPECT,
+            )
         self.train_difficult = train_difficult
         categories = [
             {"id": i + 1, "name": n, "supercategory": "none"} for i, n in enumerate(VOC_CLASSES)
@@ -193,11 +216,12 @@ class VOCDetection(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, index: int):
-        boxes, labels, difficult = self._targets[index]
+    def source_files(self) -> list[Path]:
+        """Split, XML and image files (what a feature cache depends on)."""
+        return self.annotation_files + self.files
+
+    def _entry(self, i: int):
+        boxes, labels, difficult = self._targets[i]
         if not self.train_difficult:
             boxes, labels = boxes[~difficult], labels[~difficult]
-        path = self.files[index]
-        if not path.is_file():
-            raise FileNotFoundError(f"VOC image not found: {path}")
-        return make_sample(load_rgb(path), boxes, labels, index + 1, self.transforms, path)
+        return self.files[i], boxes, labels, i + 1, self._sizes[i]

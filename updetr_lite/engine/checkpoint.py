@@ -34,6 +34,29 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used here (wrong kind, class count, unreadable file)."""
 
 
+class CheckpointWriteError(CheckpointError, RuntimeError):
+    """A file that could not be written (disk full, file size limit, read-only folder)."""
+
+
+def _write_failure(e: BaseException, path: Path) -> str:
+    import errno
+    import shutil
+
+    code = getattr(e, "errno", None)
+    if code == errno.ENOSPC:
+        return "the disk is full"
+    if code == errno.EFBIG:
+        return "the file is larger than the file size limit (ulimit -f)"
+    if code in (errno.EACCES, errno.EROFS, errno.EPERM):
+        return "the folder is not writable"
+    try:
+        free = shutil.disk_usage(path.parent).free / 2**20
+    except OSError:
+        free = float("nan")
+    why = " ".join(str(e).split())[:120]
+    return f"the write failed ({why}); {free:.0f} MiB free there (disk full or ulimit -f?)"
+
+
 def atomic_save(obj, path: str | os.PathLike) -> None:
     """torch.save ``obj`` to ``path`` so that ``path`` is always either the old or the new file."""
     path = Path(path)
@@ -45,6 +68,10 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save's own "[enforce fail at ...]" too
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise CheckpointWriteError(f"cannot write {path}: {_write_failure(e, path)}") from e
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -59,15 +86,38 @@ def atomic_save(obj, path: str | os.PathLike) -> None:
         pass
 
 
+TRUST_PICKLE_ENV = "UPDETR_LITE_TRUST_PICKLE"  # =1: the user vouches for a pickled file
+
+
+def safe_load(path, map_location="cpu"):
+    """torch.load without running pickled code (``weights_only=True``), allowing only what
+    checkpoints hold besides tensors: numpy arrays (the RNG states) and argparse's Namespace
+    (the authors' ``args``). UPDETR_LITE_TRUST_PICKLE=1 unpickles anything (trusted files)."""
+    import argparse
+
+    if os.environ.get(TRUST_PICKLE_ENV) == "1":
+        return torch.load(path, map_location=map_location, weights_only=False)
+    core = getattr(np, "_core", None) or np.core
+    allowed = [argparse.Namespace, np.ndarray, np.dtype, core.multiarray._reconstruct]
+    allowed += [type(np.dtype(t)) for t in (np.uint32, np.int64, np.float64, np.bool_)]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """Read a checkpoint file; one-line errors for a missing or unreadable file."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path}: is a folder, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path}: no such file")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    except Exception as e:  # truncated or not a torch file
-        raise CheckpointError(f"checkpoint {path}: cannot be read ({type(e).__name__}: {e})") from e
+        ckpt = safe_load(path, map_location)
+    except Exception as e:  # truncated, not a torch file, or a pickle of other classes
+        raise CheckpointError(
+            f"checkpoint {path}: cannot be read ({type(e).__name__}: "
+            f"{' '.join(str(e).split())[:200]})"
+        ) from e
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path}: expected a dict, found {type(ckpt).__name__}")
     return ckpt
@@ -125,3 +175,13 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_finite_state(state: dict, path: str | os.PathLike = "") -> None:
+    """CheckpointError naming the file when a floating-point tensor holds NaN or inf."""
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {path}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]}); "
+            "the run that wrote it had diverged"
+        )

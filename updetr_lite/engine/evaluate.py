@@ -21,6 +21,10 @@ from . import distributed as du
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 
 
+class EvaluationError(ValueError):
+    """Predictions that cannot be scored (NaN or inf); one line for the user."""
+
+
 @torch.no_grad()
 def postprocess(outputs: dict, orig_sizes: torch.Tensor) -> list[dict]:
     """outputs: pred_logits [B, N, K+1], pred_boxes [B, N, 4] cxcywh normalised; orig_sizes
@@ -78,6 +82,12 @@ def evaluate(model, loader, coco_gt, device: torch.device | str | None = None) -
         orig = torch.stack([t["orig_size"] for t in targets]).to(device)
         for t, det in zip(targets, postprocess(outputs, orig)):
             det = {k: v.cpu() for k, v in det.items()}
+            if not (torch.isfinite(det["boxes"]).all() and torch.isfinite(det["scores"]).all()):
+                # COCOeval would score NaN boxes (IoU comparisons with NaN are not False)
+                raise EvaluationError(
+                    f"the model predicts NaN or inf boxes or scores (image id "
+                    f"{int(t['image_id'])}): its weights or inputs are not finite; no AP computed"
+                )
             per_image[int(t["image_id"])] = to_coco_results(int(t["image_id"]), det)
     model.train(was_training)
     gathered = du.all_gather_object(per_image)

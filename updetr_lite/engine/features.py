@@ -12,8 +12,12 @@ images go through the *eval* transforms (no augmentation: the cached map is one 
   the CNN embeds them under ``torch.no_grad`` (``FeatureExtractor.patches``).
 
 Maps are computed with the frozen-CNN fast path (folded batch norm, bf16 where the hardware
-has it) and stored in a file under ``cfg.data.cache_dir/features/`` whose name hashes the CNN
-weights and the data, so different CNNs or data never share a file.
+has it) and stored in a file under ``cfg.data.cache_dir/features/`` named
+``<settings>-<content>.pt``: the first hash covers the CNN weights and the data settings, the
+second the size and modification time of every image and annotation file, so edited labels
+or replaced images (same count) build a new cache; the old one of the same settings is
+removed and the rebuild is said. The images skipped while a cache was built are stored with
+it and reported again whenever it is reused.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as du
-from .checkpoint import atomic_save
+from .checkpoint import CheckpointWriteError, atomic_save
 
 
 class FeatureCacheError(ValueError):
@@ -120,18 +124,58 @@ def cached(path: Path, compute):
         value = compute()
         try:
             atomic_save(value, path)
-        except OSError as e:  # a read-only cache dir only costs the reuse
+        except (OSError, CheckpointWriteError) as e:  # a read-only cache only costs the reuse
             print(f"[updetr-lite] could not write the feature cache {path}: {e}")
     du.barrier()
     if value is not None:
         return value
     if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=False)
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # truncated or damaged: it is only a cache
+            why = " ".join(str(e).split())[:120]
+            print(f"[updetr-lite] the feature cache {path} is damaged ({why}): rebuilding it")
+            value = compute()
+            if du.is_main_process():
+                try:
+                    atomic_save(value, path)
+                except (OSError, CheckpointWriteError) as e2:
+                    print(f"[updetr-lite] could not write the feature cache {path}: {e2}")
+            return value
     return compute()
 
 
-def cache_path(cache_dir: str, key: str) -> Path:
-    return Path(os.path.expanduser(cache_dir)) / "features" / f"{key}.pt"
+def cache_path(cache_dir: str, key: str, content: str | None = None) -> Path:
+    name = key if content is None else f"{key}-{content}"
+    return Path(os.path.expanduser(cache_dir)) / "features" / f"{name}.pt"
+
+
+def files_identity(files) -> str:
+    """A hash of (path, size, modification time) of each file; a missing file counts too."""
+    h = hashlib.sha256()
+    for f in files:
+        try:
+            st = os.stat(f)
+            h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{f}\0missing\n".encode())
+    return h.hexdigest()[:16]
+
+
+def content_cache_path(cache_dir: str, key: str, files) -> Path:
+    """The cache file for settings ``key`` and the current state of ``files``. Older caches of
+    the same settings (the files have changed since) are removed, and that is said."""
+    path = cache_path(cache_dir, key, files_identity(files))
+    if du.is_main_process() and not path.is_file():
+        stale = sorted(path.parent.glob(f"{key}-*.pt"))
+        for old in stale:
+            old.unlink(missing_ok=True)
+        if stale:
+            print(
+                f"[updetr-lite] the images or annotation files changed since the feature cache "
+                f"{stale[0].name} was built: rebuilding it as {path.name}"
+            )
+    return path
 
 
 def pad_maps(maps: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,7 +34,14 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import Config, get_config
-from .checkpoint import CheckpointError, check_kind, infer_kind, load_checkpoint, model_state
+from .checkpoint import (
+    CheckpointError,
+    check_finite_state,
+    check_kind,
+    infer_kind,
+    load_checkpoint,
+    model_state,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -178,6 +185,7 @@ def load_model(
         classes,
         checkpoint_path,
     )
+    check_finite_state(state, checkpoint_path)
     # the CNN's weights are in the state dict; the file the run started from is not needed
     build_cfg = dataclasses.replace(
         cfg, model=dataclasses.replace(cfg.model, backbone_weights=None)
@@ -201,20 +209,26 @@ def _classes(state: dict) -> int:
 
 def load_image(image) -> np.ndarray:
     """HxWx3 uint8 RGB from a path, a PIL image, an HxW(x3/4) array (uint8, or float in
-    [0, 1]) or a [3, H, W] uint8 tensor."""
-    from PIL import Image, UnidentifiedImageError
+    [0, 1]) or a [3, H, W] uint8 tensor. 16-bit grey files are scaled to 8 bits. An image
+    with a side under 2 px, a folder or an unreadable file is an InferenceError naming it."""
+    from PIL import Image
 
+    from ..data.pretext import UnreadableImageError, load_rgb, to_rgb
+
+    name = "image"
     if isinstance(image, (str, os.PathLike)):
         p = Path(image).expanduser()
+        name = str(p)
+        if p.is_dir():
+            raise InferenceError(f"{p} is a folder, not an image file")
         if not p.is_file():
             raise FileNotFoundError(f"image file not found: {p}")
         try:
-            with Image.open(p) as im:
-                image = im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as e:
-            raise InferenceError(f"{p}: not a readable image file ({e})") from e
+            image = load_rgb(p)
+        except UnreadableImageError as e:
+            raise InferenceError(f"{p}: not a readable image file ({e.__cause__ or e})") from e
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB")).copy()
+        image = np.array(to_rgb(image))  # a writable copy
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
         if t.ndim != 3 or t.shape[0] != 3:
@@ -229,7 +243,7 @@ def load_image(image) -> np.ndarray:
     if a.dtype != np.uint8:
         a = (np.clip(a.astype(np.float32), 0.0, 1.0) * 255).round().astype(np.uint8)
     if min(a.shape[:2]) < 2:
-        raise InferenceError(f"image of {a.shape[1]}x{a.shape[0]} px is too small")
+        raise InferenceError(f"{name}: {a.shape[1]}x{a.shape[0]} px is too small (sides >= 2 px)")
     return np.ascontiguousarray(a)
 
 
@@ -277,6 +291,9 @@ def predict_image(model: nn.Module, cfg: Config, image, threshold: float = 0.0) 
     dev = _device(model)
     outputs = model(images.to(dev), mask.to(dev))
     det = postprocess(outputs, torch.tensor([[h, w]], device=dev))[0]
+    if not (torch.isfinite(det["boxes"]).all() and torch.isfinite(det["scores"]).all()):
+        where = f" on {image}" if isinstance(image, (str, os.PathLike)) else ""
+        raise InferenceError(f"the model predicts NaN or inf boxes or scores{where}")
     keep = det["scores"] >= threshold
     order = det["scores"][keep].argsort(descending=True)
     return {k: v[keep][order].cpu() for k, v in det.items()}

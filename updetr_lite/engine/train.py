@@ -23,6 +23,13 @@ continues bit for bit (in deterministic mode, same process count and thread coun
 
 With ``TrainConfig.cache_features`` (a lite deviation, frozen CNN only) the CNN runs once per
 image and the transformer trains on the cached maps (``features.py``).
+
+Faults: ``out_dir/.lock`` keeps a second run out of the folder (``runlock.py``); temporary
+files of an interrupted save are removed at the start; on resume, best.pth and epoch_K.pth
+that a kill kept from being written are rewritten from last.pth, and settings that differ
+from the checkpoint's are refused by name (the schedule's length, bookkeeping and data paths
+excepted: those are applied and said). NaN or inf in the predictions, loss terms, gradient
+norm or weights stops the run naming the step; no non-finite weights are ever saved.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.ops import box_convert
 
 from ..config import Config
+from ..models.matcher import NonFiniteOutputError
 from . import distributed as du
 from . import features as ft
 from .checkpoint import (
@@ -54,6 +62,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .evaluate import evaluate
+from .runlock import out_lock
 
 STAGES = ("pretrain", "finetune")
 
@@ -63,7 +72,8 @@ class TrainingError(ValueError):
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss term (or the gradient norm) became NaN or infinite; no checkpoint was written."""
+    """A loss term, the predictions, the gradient norm or the weights became NaN or infinite;
+    no checkpoint of that state was written."""
 
 
 # --------------------------------------------------------------------------- randomness
@@ -240,9 +250,10 @@ class TrainData:
     batches: Batches  # the training batches (dicts)
     sampler: du.ResumableSampler
     seeded: SeededDataset
-    source: Dataset  # the dataset as built by the data package (pretext: has skip_report)
+    source: Dataset  # the dataset as built by the data package (has skip_report)
     val_loader: DataLoader | None = None
     coco_gt: object = None
+    cache_skips: list | None = None  # [(what, report)]: images skipped building the caches
 
 
 def build_data(
@@ -273,21 +284,22 @@ def build_data(
         collate = collate_detection
         coco_gt = val_set.coco
     source = train_set
+    cache_skips = []
     if tc.cache_features:
         ft.check_cacheable(trainable_cnn, stage)
         extractor = ft.FeatureExtractor(model.backbone, device)
         ident = (extractor.weights_hash, cfg.model.backbone, cfg.model.backbone_layer)
         ident += (ft.data_identity(cfg.data),)
         if stage == "finetune":
-            train_set, train_maps = _cached_detection(
-                cfg, extractor, train_set, ident, "train", progress
+            train_set, _ = _cached_detection(
+                cfg, extractor, train_set, ident, "train", progress, cache_skips
             )
             val_set, _ = _cached_detection(
-                cfg, extractor, val_set, ident, "val", progress, eval_view=False
+                cfg, extractor, val_set, ident, "val", progress, cache_skips, eval_view=False
             )
             collate = ft.collate_cached_detection
         else:
-            train_set = _cached_pretext(cfg, extractor, train_set, ident, progress)
+            train_set = _cached_pretext(cfg, extractor, train_set, ident, progress, cache_skips)
             collate = ft.collate_cached_pretext
             if cfg.pretext.patch_feature == "roi":
                 extractor = None  # no CNN per step
@@ -317,20 +329,66 @@ def build_data(
             generator=torch.Generator().manual_seed(tc.seed),  # evaluation draws no training RNG
         )
     batches = Batches(loader, stage == "pretrain", extractor, patch_maker)
-    return TrainData(batches, sampler, seeded, source, val_loader, coco_gt)
+    return TrainData(batches, sampler, seeded, source, val_loader, coco_gt, cache_skips)
 
 
-def _cached_detection(cfg, extractor, dataset, ident, split, progress, eval_view=True):
+def _source_files(dataset) -> list:
+    """The image and annotation files a dataset reads (what its feature cache depends on)."""
+    files = getattr(dataset, "source_files", None)
+    if files is None:
+        raise TrainingError("cache_features: the dataset does not list its files")
+    return files()
+
+
+def _with_skips(dataset, compute, what: str, skips: list):
+    """``compute`` plus the skip report of ``dataset`` taken right after it (stored in the
+    cache); a reused cache's stored report is logged again. Appends (what, report) to skips."""
+
+    def run():
+        value = compute()
+        report = getattr(dataset, "skip_report", lambda: {})()
+        return value | {"skips": report}
+
+    def reported(value):
+        report = value.get("skips") or {}
+        if report:
+            skips.append((what, report))
+        return report
+
+    return run, reported
+
+
+def _log_reused_skips(path, report) -> None:
+    counts = {k: v for k, v in report.items() if k != "files" and v}
+    if counts:
+        print(
+            f"[updetr-lite] feature cache {path.name} (reused): built without {counts} "
+            f"skipped images ({', '.join(report['files'])})"
+        )
+
+
+def _cached(path, compute, dataset, what, skips):
+    run, reported = _with_skips(dataset, compute, what, skips)
+    built = not path.is_file()
+    data = ft.cached(path, run)
+    report = reported(data)
+    if not built:
+        _log_reused_skips(path, report)
+    return data
+
+
+def _cached_detection(cfg, extractor, dataset, ident, split, progress, skips, eval_view=True):
     _, collate_detection, _ = _data_modules()
     view = _eval_view(dataset, cfg) if eval_view else dataset
-    path = ft.cache_path(cfg.data.cache_dir, ft.cache_key("detection", split, len(view), ident))
+    key = ft.cache_key("detection", split, len(view), ident)
+    path = ft.content_cache_path(cfg.data.cache_dir, key, _source_files(dataset))
 
     def compute():
         loader = ft.feature_loader(view, collate_detection, 16, cfg.data.num_workers)
         maps, targets = ft.compute_maps(extractor, loader, f"CNN features ({split})", progress)
         return {"maps": maps, "targets": targets}
 
-    data = ft.cached(path, compute)
+    data = _cached(path, compute, dataset, f"feature cache ({split})", skips)
     ds = ft.CachedDetection(data["maps"], data["targets"])
     if hasattr(dataset, "coco"):
         ds.coco = dataset.coco
@@ -364,16 +422,17 @@ def _collate_images(batch):
     return images, mask, [b[1] for b in batch]
 
 
-def _cached_pretext(cfg, extractor, dataset, ident, progress):
+def _cached_pretext(cfg, extractor, dataset, ident, progress, skips):
     view = _PretextImages(dataset, cfg.pretrain.seed)
-    path = ft.cache_path(cfg.data.cache_dir, ft.cache_key("pretext", len(view), ident))
+    key = ft.cache_key("pretext", len(view), ident)
+    path = ft.content_cache_path(cfg.data.cache_dir, key, _source_files(dataset))
 
     def compute():
         loader = ft.feature_loader(view, _collate_images, 16, cfg.data.num_workers)
         maps, sizes = ft.compute_maps(extractor, loader, "CNN features (pretext)", progress)
         return {"maps": maps, "sizes": sizes}
 
-    data = ft.cached(path, compute)
+    data = _cached(path, compute, dataset, "feature cache (pretext)", skips)
     if cfg.pretext.patch_feature == "roi":
         return ft.CachedPretextRoi(data["maps"], data["sizes"], _box_sampler(dataset, cfg))
     return ft.CachedPretextCrop(data["maps"], dataset)
@@ -518,7 +577,62 @@ def train(
     info = du.init_distributed(device)
     if device.type == "cuda" and info.distributed:
         device = torch.device("cuda", info.local_rank)
+    with out_lock(out, enabled=info.is_main):
+        return _train(cfg, stage, tc, out, init, resume, device, info, last_every_steps, progress)
+
+
+# settings that may differ on resume: they change how long the run goes and where files are,
+# not the trajectory so far (anything else is refused: the optimizer state would silently
+# keep the old lr, the model its old shapes)
+RESUMABLE_CHANGES = {
+    "data.num_workers",
+    "data.cache_dir",
+    "data.pretext_root",
+    "data.detection_root",
+    "model.backbone_weights",  # the CNN's weights come from the checkpoint
+}
+RESUMABLE_SCHEDULE = ("epochs", "max_steps", "eval_every", "checkpoint_every", "log_every")
+
+
+def _settings_changes(old: dict, new: dict, stage: str) -> list[tuple[str, object, object]]:
+    """(section.field, old, new) of this stage's settings that differ (the other stage's
+    schedule and the preset name do not matter)."""
+    other = "finetune" if stage == "pretrain" else "pretrain"
+    changes = []
+    for section, fields in new.items():
+        if not isinstance(fields, dict) or section == other:
+            continue
+        for k, v in fields.items():
+            was = old.get(section, {}).get(k)
+            if was != v:
+                changes.append((f"{section}.{k}", was, v))
+    return changes
+
+
+def _check_resume_settings(ckpt: dict, cfg: Config, stage: str, path: Path) -> None:
+    """Refuse (TrainingError naming them) settings that differ from the checkpoint's, except
+    RESUMABLE_CHANGES and the schedule's length and bookkeeping, which are applied and said."""
+    if not isinstance(ckpt.get("config"), dict):
+        return
+    old = Config.from_dict(ckpt["config"]).to_dict()
+    changes = _settings_changes(old, cfg.to_dict(), stage)
+    allowed = RESUMABLE_CHANGES | {f"{stage}.{k}" for k in RESUMABLE_SCHEDULE}
+    refused = [c for c in changes if c[0] not in allowed]
+    text = ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in (refused or changes)[:6])
+    more = f" and {len(refused) - 6} more" if len(refused) > 6 else ""
+    if refused:
+        raise TrainingError(
+            f"resume: {path} was trained with other settings ({text}{more}); resume with "
+            "the settings in its config.json, or start a new --out"
+        )
+    if changes and du.is_main_process():
+        print(f"[updetr-lite] resume: applying changed settings: {text}")
+
+
+def _train(cfg, stage, tc, out, init, resume, device, info, last_every_steps, progress) -> dict:
     main = info.is_main
+    if main:
+        _clean_temporary_files(out)
     set_deterministic(tc.deterministic)
     seed_everything(tc.seed)  # the same initial weights (and frozen CNN) on every rank
 
@@ -529,6 +643,9 @@ def train(
     if resume:
         ckpt = load_checkpoint(out / "last.pth")
         check_kind(ckpt, kind, num_classes, out / "last.pth")
+        _check_resume_settings(ckpt, cfg, stage, out / "last.pth")
+        if main:
+            _repair_checkpoint_set(out, ckpt, tc)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(cfg.to_json())
@@ -544,6 +661,12 @@ def train(
     criterion.to(device)
 
     data = build_data(cfg, stage, tc, info, model, device, trainable_cnn, progress)
+    if ckpt is None:  # a resumed log has these records already
+        for what, report in data.cache_skips or []:
+            log.write(
+                {"type": "skips", "step": 0, "epoch": 0, "where": what}
+                | {"report": _jsonable(report)}
+            )
     batches, sampler, seeded = data.batches, data.sampler, data.seeded
     val_loader, coco_gt = data.val_loader, data.coco_gt
     step_model = du.wrap_ddp(StepModel(model, stage == "pretrain", tc.cache_features), device)
@@ -563,7 +686,13 @@ def train(
     window, window_count = {}, 0
     last_metrics = None
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as e:  # PyTorch lists every key: keep the first line's gist
+            raise TrainingError(
+                f"resume: {out / 'last.pth'} does not fit the {kind} model of these settings "
+                f"({' '.join(str(e).split())[:200]})"
+            ) from e
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         epoch, batches_done, step = ckpt["epoch"], ckpt["batches_done"], ckpt["step"]
@@ -600,20 +729,47 @@ def train(
             "world_size": info.world_size,
         }
 
+    def check_weights(epoch_: int, what: str) -> None:
+        bad = _non_finite(model.state_dict())
+        if bad:  # same weights on every rank: all of them stop here
+            raise NonFiniteLossError(
+                f"epoch {epoch_}, step {step}: {len(bad)} weight tensors hold NaN or inf "
+                f"(first: {bad[0]}); {what}; {stopped()}"
+            )
+
     def save(name: str, st: dict) -> None:
+        nonlocal last_good
+        check_weights(st["epoch"], f"{name} was not written")
         if main:
             atomic_save(st, out / name)
+        if name == "last.pth":
+            last_good = out / name
 
     def run_eval(epoch_):
         nonlocal last_metrics
+        check_weights(epoch_, "not evaluated, no checkpoint written")
         metrics = evaluate(eval_model, val_loader, coco_gt, device)
         last_metrics = metrics
         log.write({"type": "eval", "step": step, "epoch": epoch_} | metrics)
+        report = getattr(val_loader.dataset, "skip_report", lambda: {})()
+        if report:  # val images that could not be read (not on the cached path: no reads)
+            log.write(
+                {"type": "skips", "step": step, "epoch": epoch_, "where": "val"}
+                | {"report": _jsonable(report)}
+            )
         return metrics
 
     from ..fastpath import amp_enabled
 
     amp = amp_enabled(tc.amp, device, f"{stage}.amp", warn=main)  # bf16 only where fast
+
+    last_good = out / "last.pth" if ckpt is not None else None  # what a stop points to
+
+    def stopped() -> str:
+        if last_good is None:
+            return "training stopped before any checkpoint was written"
+        return f"training stopped, the last good checkpoint is {last_good}"
+
     max_steps = tc.max_steps if tc.max_steps > 0 else math.inf
     t_start, images_seen = time.time(), 0
     t_window, images_window = time.time(), 0
@@ -641,10 +797,15 @@ def train(
         sampler.start = batches_done * per_rank
         bar = _progress(batches, main and progress, stage, epoch, batches_done)
         for batch in batches:
-            losses = compute_losses(step_model, criterion, batch, device, amp)
+            try:
+                losses = compute_losses(step_model, criterion, batch, device, amp)
+            except NonFiniteOutputError as e:  # raised by the matcher, before any loss exists
+                raise NonFiniteLossError(
+                    f"step {step + 1} (epoch {epoch}): {e}; {stopped()}"
+                ) from e
             flat = torch.stack([v.detach().float() for v in losses.values()]).tolist()  # one sync
             values = du.reduce_mean(dict(zip(losses, flat)), device)
-            _check_finite(values, step + 1, epoch, out)
+            _check_finite(values, step + 1, epoch, stopped())
             optimizer.zero_grad(set_to_none=True)
             losses["loss"].backward()
             if tc.clip_max_norm > 0:
@@ -652,7 +813,7 @@ def train(
                 if not torch.isfinite(norm):
                     raise NonFiniteLossError(
                         f"step {step + 1} (epoch {epoch}): gradient norm is {norm.item()}; "
-                        f"training stopped, the last good checkpoint is {out / 'last.pth'}"
+                        f"{stopped()}"
                     )
             optimizer.step()
             step += 1
@@ -770,6 +931,65 @@ def merge_skip_reports(reports: list[dict]) -> dict:
     return out if any(v for k, v in out.items() if k != "files") else {}
 
 
+def _clean_temporary_files(out: Path) -> None:
+    """Remove what an interrupted atomic_save left (``.NAME.pth.XXXX.tmp``); the lock on
+    ``out`` guarantees that no other run is writing them."""
+    stale = sorted(out.glob(".*.pth.*.tmp"))
+    for f in stale:
+        f.unlink(missing_ok=True)
+    if stale:
+        print(f"[updetr-lite] {out}: removed {len(stale)} temporary files of an interrupted save")
+
+
+def _copy_checkpoint(src: Path, dst: Path) -> None:
+    """Copy a checkpoint file so that ``dst`` is always the old or the new file."""
+    import shutil
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+_MISSING = object()
+
+
+def _field(path: Path, key: str):
+    """``key`` of the checkpoint at ``path``; _MISSING when absent or unreadable."""
+    if not path.is_file():
+        return _MISSING
+    try:
+        return load_checkpoint(path).get(key, _MISSING)
+    except ValueError:  # damaged: rewrite it
+        return _MISSING
+
+
+def _repair_checkpoint_set(out: Path, ckpt: dict, tc) -> None:
+    """One save writes last.pth, then best.pth (if improved), then epoch_K.pth: a kill in
+    between leaves the later ones missing or stale. last.pth holds the state they should
+    hold: best.pth when its best value differs from last's, epoch_K.pth when last.pth ends
+    epoch K and epoch_K.pth is missing or of another step. Rewrite those from last.pth."""
+    last, fixed = out / "last.pth", []
+    epoch = ckpt["epoch"]
+    if ckpt["batches_done"] == 0 and epoch and tc.checkpoint_every:
+        if (
+            epoch % tc.checkpoint_every == 0
+            and _field(out / f"epoch_{epoch}.pth", "step") != ckpt["step"]
+        ):
+            fixed.append(f"epoch_{epoch}.pth")
+    if ckpt.get("best") is not None and _field(out / "best.pth", "best") != ckpt["best"]:
+        fixed.append("best.pth")
+    for name in fixed:
+        _copy_checkpoint(last, out / name)
+    if fixed:
+        print(f"[updetr-lite] resume: rewrote {', '.join(fixed)} from last.pth (a save was cut)")
+
+
 def _jsonable(x):
     try:
         json.dumps(x)
@@ -778,15 +998,23 @@ def _jsonable(x):
         return str(x)
 
 
-def _check_finite(values: dict[str, float], step: int, epoch: int, out: Path) -> None:
+def _non_finite(state: dict) -> list[str]:
+    """Names of the floating-point tensors of a state dict that hold NaN or inf."""
+    floats = [(k, v) for k, v in state.items() if v.is_floating_point()]
+    if not floats:
+        return []
+    ok = torch.stack([torch.isfinite(v).all() for _, v in floats]).tolist()  # one sync
+    return [k for (k, _), good in zip(floats, ok) if not good]
+
+
+def _check_finite(values: dict[str, float], step: int, epoch: int, stopped: str) -> None:
     bad = [k for k, v in values.items() if not math.isfinite(v) and k != "loss"]
     if not bad and not math.isfinite(values["loss"]):
         bad = ["loss"]
     if bad:
         raise NonFiniteLossError(
             f"step {step} (epoch {epoch}): loss term {bad[0]} is {values[bad[0]]}"
-            f"{' (also ' + ', '.join(bad[1:]) + ')' if len(bad) > 1 else ''}; "
-            f"training stopped, the last good checkpoint is {out / 'last.pth'}"
+            f"{' (also ' + ', '.join(bad[1:]) + ')' if len(bad) > 1 else ''}; {stopped}"
         )
 
 

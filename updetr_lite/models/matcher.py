@@ -8,6 +8,10 @@ from torch import nn
 from torchvision.ops import box_convert, generalized_box_iou
 
 
+class NonFiniteOutputError(FloatingPointError):
+    """The predictions hold NaN or inf: there is nothing to match (the run has diverged)."""
+
+
 class HungarianMatcher(nn.Module):
     """Cost = cost_class * (-p(target class)) + cost_bbox * L1(cxcywh) + cost_giou * (-GIoU).
 
@@ -43,6 +47,11 @@ class HungarianMatcher(nn.Module):
             )
         )
         cost = cost.view(b, n, -1).cpu()
+        if not torch.isfinite(cost).all():  # scipy would only say "invalid numeric entries"
+            bad = [k for k in ("pred_logits", "pred_boxes") if not torch.isfinite(outputs[k]).all()]
+            raise NonFiniteOutputError(
+                f"the model's {' and '.join(bad) or 'matching costs'} hold NaN or inf"
+            )
         result = []
         for i, c in enumerate(cost.split(sizes, -1)):
             if sizes[i] == 0:

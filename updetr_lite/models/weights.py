@@ -43,13 +43,21 @@ class LoadReport:
 
 
 def _read(path: str) -> dict:
+    """The file's tensors, read without running pickled code (``checkpoint.safe_load``:
+    tensors, numpy arrays and DETR's argparse ``args`` only). Anything else is refused, since
+    unpickling runs arbitrary code, unless the user sets UPDETR_LITE_TRUST_PICKLE=1."""
+    from ..engine.checkpoint import TRUST_PICKLE_ENV, safe_load
+
     if not os.path.isfile(path):
         raise FileNotFoundError(f"weights file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # DETR checkpoints pickle their argparse args; the file is the user's own
-        log.warning("%s: not loadable with weights_only=True, loading the full pickle", path)
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return safe_load(path)
+    except Exception as e:
+        reason = " ".join(str(e).split())[:160]
+        raise WeightsError(
+            f"weights file {path}: not a plain tensor file ({type(e).__name__}: {reason}); "
+            f"if it is a pickle you trust, set {TRUST_PICKLE_ENV}=1"
+        ) from e
 
 
 def _cnn(model: nn.Module) -> nn.Module:
