@@ -229,7 +229,7 @@ def test_localization_study_numbers(tmp_path):
     gen = torch.Generator().manual_seed(5)
     ious, truths = [], []
     for p in images:
-        img = report.load_image(p, lcfg.data.test_size, lcfg.data.max_size)
+        img = report.load_image(p, max(lcfg.data.pretext_scales), lcfg.data.pretext_max_size)
         boxes = report.sample_patch_boxes(gen, 64, 64, 10, lcfg.pretext.min_patch)[:k]
         pred, _, _ = report.localize_patches(loaded, lcfg, img, boxes)
         ious += [_iou(a.tolist(), b.tolist()) for a, b in zip(pred, boxes)]

@@ -236,7 +236,9 @@ def _eval_view(dataset, cfg: Config):
     from ..data.transforms import detection_transforms
 
     if not hasattr(dataset, "transforms"):
-        raise TrainingError("cache_features: the detection dataset exposes no transforms to replace")
+        raise TrainingError(
+            "cache_features: the detection dataset exposes no transforms to replace"
+        )
     view = copy.copy(dataset)
     view.transforms = detection_transforms(cfg.data, train=False)
     return view
