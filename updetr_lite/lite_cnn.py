@@ -27,6 +27,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from .data.images import IMAGENET_MEAN, IMAGENET_STD
+
 STRIDE = 16  # layer3 of a ResNet
 CNN_SEED_OFFSET = 1000  # the CNN's data seed = detection seed + this: a separate set
 
@@ -115,11 +117,13 @@ class DenseCNN(nn.Module):
         return out
 
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def _normalize(x_uint8: torch.Tensor) -> torch.Tensor:
+    # computed as (x / 255 - mean) / std, the rounding the committed lite CNN was trained
+    # with; data.images.normalize rounds differently (by <= 2.4e-7) and would change it
     return (x_uint8.float() / 255.0 - MEAN) / STD
 
 
