@@ -21,9 +21,9 @@ def cost_terms(
     cost_bbox: float = 5.0,
     cost_giou: float = 2.0,
 ) -> dict[str, torch.Tensor]:
-    """DETR's matching cost, term by term, each [P, n] and already weighted (paper Eq. 2's
-    L_match with DETR's weights): ``class`` = -w * p(target class), ``bbox`` = w * L1 of the
-    cxcywh boxes, ``giou`` = -w * GIoU, and ``total`` their sum (what the matcher minimises).
+    """DETR's matching cost (UP-DETR Sec. 3.1 keeps it), term by term, each [P, n] and already
+    weighted: ``class`` = -w * p(target class), ``bbox`` = w * L1 of the cxcywh boxes,
+    ``giou`` = -w * GIoU, and ``total`` their sum (what the matcher minimises).
 
     pred_logits [P, K+1], pred_boxes [P, 4] cxcywh (P predictions: one image's N, or a batch
     flattened); tgt_labels [n], tgt_boxes [n, 4] cxcywh."""
