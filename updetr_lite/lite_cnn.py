@@ -5,8 +5,9 @@ the paper). At lite scale the kit trains its own: a ResNet-18 cut after layer3 (
 256 channels; ``lite`` preset's ``model.backbone`` / ``backbone_layer``) on dense per-cell
 class labels of a *separate* generated set (its own seed, never the detection train/val
 images). This is a supervised stand-in for SwAV: a few minutes of self-supervised
-(SimCLR) training gave features too weak for DETR to learn from on 2 CPU cores
-(shared/notes/lite-scale-findings.md), the per-cell objective worked.
+(SimCLR) training gave features too weak for DETR to learn from on 2 CPU cores (with a
+4.5-minute SimCLR CNN the class loss stayed at the constant-prediction value for 600-1200
+steps); the per-cell objective worked.
 
 The weights are saved in torchvision's state-dict format (``conv1.weight``, ``bn1.*``,
 ``layer1..3.*``), so ``models.weights.load_cnn_weights`` loads them through

@@ -1,8 +1,8 @@
 """Tables and figures of the paper, rebuilt from run folders and nothing else.
 
 A run folder (see ``updetr_lite.main``) holds ``config.json``, ``log.jsonl`` and, once
-finished, ``DONE``. This module reads them, puts the paper's numbers (``PAPER``, from
-shared/paper/reference-facts.md and the paper's tables) beside the reproduced ones with the
+finished, ``DONE``. This module reads them, puts the paper's numbers (``PAPER``, from the
+paper's Tables 1-4) beside the reproduced ones with the
 difference, and draws the learning curves. A run that is absent, unfinished or failed is
 shown as such, a run stopped before its plan's end is marked SHORTENED; nothing is ever
 filled in. Each table's comparisons are the pairs the paper draws (``Row.vs`` in the plan:
