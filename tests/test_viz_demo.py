@@ -239,6 +239,25 @@ def test_loss_fell():
 # ------------------------------------------------------------------------------ demo
 
 
+def test_as_uint8_image_grey_bool_float_rgba_and_bad_shape():
+    from updetr_lite.data.images import as_uint8_image
+
+    grey = np.array([[0, 128], [255, 7]], np.uint8)
+    assert (as_uint8_image(grey) == grey[..., None]).all() and as_uint8_image(grey).shape == (
+        2,
+        2,
+        3,
+    )
+    assert as_uint8_image(np.array([[True, False]]))[0, :, 0].tolist() == [255, 0]
+    f = np.array([[[0.0, 0.5, 1.2]]], np.float32)  # 1.2 is clipped to 1
+    assert as_uint8_image(f)[0, 0].tolist() == [0, 128, 255]
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., 3] = 99
+    assert as_uint8_image(rgba).shape == (2, 3, 3) and not as_uint8_image(rgba).any()
+    with pytest.raises(ValueError, match="HxW or HxWx3"):
+        as_uint8_image(np.zeros((2, 3, 5)))
+
+
 def test_prepare_image_follows_the_resize_rule():
     images, mask = demo.prepare_image(_image(50, 100), 64, 100)
     # shortest side 64 would make the longest 128 > 100: the longest side wins

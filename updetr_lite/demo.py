@@ -33,7 +33,7 @@ from torchvision.ops import box_iou
 from torchvision.transforms.v2 import functional as TF
 
 from .config import Config, get_config
-from .data.images import normalize
+from .data.images import as_uint8_image, normalize
 from .data.query_patches import crop_patches, patch_augmentation, sample_boxes
 from .viz import COLORS, draw_boxes, show_image
 
@@ -52,21 +52,6 @@ class DemoError(ValueError):
 
 
 # ---------------------------------------------------------------- images and query patches
-
-
-def as_uint8_image(image) -> np.ndarray:
-    """HxWx3 uint8 from a HxW or HxWx3/4 array (bool, uint8 or float in [0, 1])."""
-    a = np.asarray(image)
-    if a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    if a.ndim == 2:
-        a = np.stack([a] * 3, -1)
-    if a.ndim != 3 or a.shape[-1] not in (3, 4):
-        raise DemoError(f"expected an image HxW or HxWx3, got shape {a.shape}")
-    a = a[..., :3]
-    if a.dtype != np.uint8:
-        a = (np.clip(a.astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
-    return np.ascontiguousarray(a)
 
 
 def read_image(source) -> np.ndarray:

@@ -33,7 +33,7 @@ from torchvision.ops import box_convert
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import Config, get_config
-from ..data.images import normalize
+from ..data.images import as_uint8_image, normalize
 from ..data.query_patches import crop_patches, patch_augmentation
 from .checkpoint import (
     CheckpointError,
@@ -207,9 +207,9 @@ def _classes(state: dict) -> int:
 
 
 def load_image(image) -> np.ndarray:
-    """HxWx3 uint8 RGB from a path, a PIL image, an HxW(x3/4) array (uint8, or float in
-    [0, 1]) or a [3, H, W] uint8 tensor. 16-bit grey files are scaled to 8 bits. An image
-    with a side under 2 px, a folder or an unreadable file is an InferenceError naming it."""
+    """HxWx3 uint8 RGB from a path, a PIL image, an HxW(x3/4) array (``as_uint8_image``) or a
+    [3, H, W] uint8 tensor. 16-bit grey files are scaled to 8 bits. An image with a side
+    under 2 px, a folder or an unreadable file is an InferenceError naming it."""
     from PIL import Image
 
     from ..data.pretext import UnreadableImageError, load_rgb, to_rgb
@@ -233,17 +233,10 @@ def load_image(image) -> np.ndarray:
         if t.ndim != 3 or t.shape[0] != 3:
             raise InferenceError(f"expected an image tensor [3, H, W], got {tuple(t.shape)}")
         image = t.permute(1, 2, 0).numpy()
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = np.stack([a] * 3, -1)
-    if a.ndim != 3 or a.shape[-1] not in (3, 4):
-        raise InferenceError(f"expected an image HxWx3, got an array of shape {a.shape}")
-    a = a[..., :3]
-    if a.dtype != np.uint8:
-        a = (np.clip(a.astype(np.float32), 0.0, 1.0) * 255).round().astype(np.uint8)
+    a = as_uint8_image(image)
     if min(a.shape[:2]) < 2:
         raise InferenceError(f"{name}: {a.shape[1]}x{a.shape[0]} px is too small (sides >= 2 px)")
-    return np.ascontiguousarray(a)
+    return a
 
 
 def resized_hw(h: int, w: int, size: int, max_size: int) -> tuple[int, int]:
