@@ -101,13 +101,16 @@ def test_cost_terms_are_each_weighted_term_written_out():
             assert terms["total"][i, j].item() == pytest.approx(
                 pair_cost(logits[i], boxes[i], t["labels"][j], t["boxes"][j], *w), abs=1e-5
             )
-    # the matcher with these weights minimises exactly this total (brute force over all maps)
-    ((rows, cols),) = HungarianMatcher(*w)(outputs, [t])
-    best = min(
-        sum(terms["total"][p, j].item() for j, p in enumerate(preds))
-        for preds in itertools.permutations(range(5), 4)
-    )
-    assert terms["total"][rows, cols].sum().item() == pytest.approx(best, abs=1e-5)
+    # the matcher minimises exactly this total, for each weighting (one term at a time picks
+    # other assignments than the defaults), checked by brute force over all maps
+    for wc in (w, (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)):
+        total = cost_terms(logits, boxes, t["labels"], t["boxes"], *wc)["total"]
+        ((rows, cols),) = HungarianMatcher(*wc)(outputs, [t])
+        best = min(
+            sum(total[p, j].item() for j, p in enumerate(preds))
+            for preds in itertools.permutations(range(5), 4)
+        )
+        assert total[rows, cols].sum().item() == pytest.approx(best, abs=1e-5), wc
 
 
 def test_matcher_batched_equals_per_image():
