@@ -1,7 +1,9 @@
 """The query patch (UP-DETR Sec. 3.1, Fig. 2): where it is cut, how it is cut, how it is jittered.
 
 Used by the pretext data (training), the feature cache's roi pre-training, inference
-(``updetr-lite localize``) and the demo, so that all of them cut and augment a patch the same way.
+(``updetr-lite localize``), the demo, the report's Figure 5 study and the notebooks, so that all
+of them cut and augment a patch the same way. The device pipeline (data/device_patches.py)
+draws the same boxes and the same augmentation numbers and applies them batched on the GPU.
 
 Box conventions: ``sample_patch_boxes`` gives pixel xyxy [k, 4] on the full-resolution image
 (what is cropped); ``sample_boxes`` / ``to_cxcywh`` give the same boxes normalised cxcywh
@@ -21,6 +23,14 @@ import torch
 from torchvision.ops import box_convert
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
+
+# the authors' SimCLR-style patch augmentation: colour jitter (brightness, contrast,
+# saturation, hue) with p 0.8, greyscale p 0.2, Gaussian blur with sigma in [0.1, 2.0] p 0.5;
+# the device pipeline (data/device_patches.py) applies the same numbers in one batched pass
+JITTER = (0.4, 0.4, 0.4, 0.1)
+P_JITTER, P_GREY, P_BLUR = 0.8, 0.2, 0.5
+SIGMA = (0.1, 2.0)
+BLUR_KERNEL = 13  # 2 * ceil(3 * max sigma) + 1
 
 
 def sample_patch_boxes(
@@ -70,9 +80,9 @@ def patch_augmentation() -> v2.Compose:
     """
     return v2.Compose(
         [
-            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-            v2.RandomApply([v2.GaussianBlur(kernel_size=13, sigma=(0.1, 2.0))], p=0.5),
+            v2.RandomApply([v2.ColorJitter(*JITTER)], p=P_JITTER),
+            v2.RandomGrayscale(p=P_GREY),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=BLUR_KERNEL, sigma=SIGMA)], p=P_BLUR),
         ]
     )
 
