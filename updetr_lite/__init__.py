@@ -7,7 +7,7 @@ Where each part of the paper lives (module: symbol):
   Random query patches: sampled, cropped, augmented    data/query_patches.py: sample_patch_boxes,
     (Sec. 3.1, Fig. 2; no flip)                          crop_patches, patch_augmentation
   Pretext data: image + M patches + their boxes        data/pretext.py: PretextDataset
-    the same patches batched on the GPU (paper preset)   data/device_patches.py: DevicePatches
+    the same patches, batched on the GPU (paper)       data/device_patches.py: DevicePatches
   Patch feature added to N/M object queries (Fig. 2)   models/updetr.py: UPDETR.forward_features
   'roi' patch feature (lite deviation: RoIAlign)       models/updetr.py: UPDETR.roi_patch_feature
   Hungarian matching, DETR's cost (Sec. 3.1)         models/matcher.py: HungarianMatcher, cost_terms
