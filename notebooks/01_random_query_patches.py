@@ -63,7 +63,8 @@ print("(the paper: M = 10, 128x128, sides in [8, side - 8] px)")
 
 # %%
 from updetr_lite.data.build import build_pretext_dataset
-from updetr_lite.data.pretext import collate_pretext, sample_patch_boxes
+from updetr_lite.data.pretext import collate_pretext
+from updetr_lite.data.query_patches import sample_patch_boxes
 
 dataset = build_pretext_dataset(cfg)  # the embedded unlabeled images
 photos = demo.demo_photos()

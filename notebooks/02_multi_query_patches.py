@@ -49,6 +49,7 @@ PRESET = "smoke" if SMOKE else "lite"
 results = {}
 
 # %%
+from updetr_lite.data.query_patches import sample_boxes
 from updetr_lite.models import build_updetr, group_attention_mask
 
 # at least two decoder layers: the first layer's self-attention mixes only the all-zero
@@ -86,8 +87,8 @@ photo = next(iter(demo.demo_photos().values()))
 images, mask = demo.prepare_image(photo, max(cfg.data.pretext_scales), cfg.data.pretext_max_size)
 with torch.no_grad():
     features, fmask = model.backbone(images, mask)
-patch_boxes = demo.sample_patch_boxes(
-    *photo.shape[:2], M, cfg.pretext.min_patch, random.Random(SEED)
+patch_boxes = sample_boxes(
+    *photo.shape[:2], M, cfg.pretext.min_patch, torch.Generator().manual_seed(SEED)
 )[None]
 influence = {}
 for flag in (True, False):

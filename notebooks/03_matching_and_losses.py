@@ -47,6 +47,7 @@ PRESET = "smoke" if SMOKE else "lite"
 results = {}
 
 # %%
+from updetr_lite.data.query_patches import sample_boxes
 from updetr_lite.models import HungarianMatcher, build_criterion
 
 checkpoint = demo.ensure_lite_checkpoint(CHECKPOINT or None, smoke=SMOKE)
@@ -55,7 +56,8 @@ N, M = model.num_queries, model.num_patches
 photo = next(iter(demo.demo_photos(SMOKE).values()))
 h, w = photo.shape[:2]
 images, mask = demo.prepare_image(photo, max(cfg.data.pretext_scales), cfg.data.pretext_max_size)
-patch_boxes = demo.sample_patch_boxes(h, w, M, cfg.pretext.min_patch, random.Random(SEED))[None]
+generator = torch.Generator().manual_seed(SEED)
+patch_boxes = sample_boxes(h, w, M, cfg.pretext.min_patch, generator)[None]
 with torch.no_grad():
     outputs = model(images, mask, patch_boxes=patch_boxes)
 targets = [{"boxes": patch_boxes[0], "labels": torch.ones(M, dtype=torch.int64)}]

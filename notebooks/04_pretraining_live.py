@@ -124,6 +124,7 @@ results["max_loss_difference"] = max(abs(a - b) for a, b in zip(with_mask, witho
 
 # %%
 from updetr_lite.data.embedded import build_embedded
+from updetr_lite.data.query_patches import sample_boxes
 
 model, cfg = demo.load_demo_model(run_root / "with_mask" / "last.pth")
 unlabeled = sorted(f for f in Path(build_embedded(cfg.data).unlabeled).rglob("*") if f.is_file())
@@ -131,7 +132,7 @@ image = demo.read_image(unlabeled[0])
 h, w = image.shape[:2]
 k = min(3, model.num_patches)
 query = viz.cxcywh_to_pixel_xyxy(
-    demo.sample_patch_boxes(h, w, k, cfg.pretext.min_patch, random.Random(SEED)), (h, w)
+    sample_boxes(h, w, k, cfg.pretext.min_patch, torch.Generator().manual_seed(SEED)), (h, w)
 )
 state = demo.DemoState(model, cfg, image, query.round().tolist())
 demo.static_demo_figure(state)

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,14 +31,8 @@ ROOT = project_root()
 pytestmark = pytest.mark.browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def lab(tmp_path):
+def lab(tmp_path, free_port):
     """A JupyterLab server on a free localhost port serving a copy of the demo notebook (so
     autosave never touches the repository); yields (url, out_dir)."""
     if not Path(CHROMIUM).exists():
@@ -56,7 +49,7 @@ def lab(tmp_path):
     checkpoint = demo.ensure_lite_checkpoint(
         tmp_path / "demo_smoke.pth", smoke=True, progress=False
     )
-    port, token = _free_port(), "updetr-demo-test"
+    port, token = free_port(), "updetr-demo-test"
     j = tmp_path / "jupyter"
     env = {
         **os.environ,

@@ -16,7 +16,7 @@ from updetr_lite.config import get_config
 from updetr_lite.data.build import DataSettingError, build_detection_datasets
 from updetr_lite.data.coco import AnnotationError, CocoDetection
 from updetr_lite.data.collate import collate_detection
-from updetr_lite.data.pretext import IMAGENET_MEAN, IMAGENET_STD
+from updetr_lite.data.images import IMAGENET_MEAN, IMAGENET_STD
 from updetr_lite.data.transforms import detection_transforms, to_target_boxes
 from updetr_lite.data.voc import VOC_CLASSES, VOCDetection, VOCFormatError
 

@@ -8,7 +8,6 @@ normalised by its local box count would fail here.
 
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -121,16 +120,10 @@ def _worker(rank: int, world: int, port: int, path: str) -> None:
         du.cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def runs(tmp_path_factory, free_port):
     path = str(tmp_path_factory.mktemp("ddp") / "two.pt")
-    mp.spawn(_worker, args=(2, _free_port(), path), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), path), nprocs=2, join=True)
     two = torch.load(path, weights_only=False)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -187,9 +180,9 @@ def _train_worker(rank: int, world: int, port: int, out: str, cache: str) -> Non
         du.cleanup()
 
 
-def test_train_with_two_processes_matches_one(tmp_path):
+def test_train_with_two_processes_matches_one(tmp_path, free_port):
     cache = str(tmp_path / "cache")
-    mp.spawn(_train_worker, args=(2, _free_port(), str(tmp_path / "two"), cache), nprocs=2)
+    mp.spawn(_train_worker, args=(2, free_port(), str(tmp_path / "two"), cache), nprocs=2)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

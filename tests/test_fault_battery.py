@@ -228,11 +228,11 @@ def test_bad_coco_image_is_a_counted_skip(name, edit, skips, excluded, tmp_path)
     assert {k: v for k, v in ds.excluded.items() if v} == excluded
     ids = [int(ds[i][1]["image_id"]) for i in range(len(ds))]
     assert ids == ([1, 1] if skips else [1, 2][: len(ds)])  # a skipped image: the next good one
-    report = ds.skip_report()
+    report = ds.report_skips()
     assert {k: v for k, v in report.items() if k != "files" and v} == skips
     if skips:
         assert report["files"] == [str(tmp_path / "imgs" / "2.png")]
-    assert ds.skip_report() == {}  # reset: each epoch reports its own
+    assert ds.report_skips() == {}  # reset: each epoch reports its own
 
 
 # --------------------------------------------------------------------------- VOC files
@@ -278,7 +278,7 @@ def test_bad_voc_image_is_a_counted_skip(name, skips, excluded, tmp_path):
     ds = VOCDetection(root, (("2007", "test"),))
     assert {k: v for k, v in ds.excluded.items() if v} == excluded
     assert [int(ds[i][1]["image_id"]) for i in range(len(ds))] == ([1, 1] if skips else [1])
-    report = ds.skip_report()
+    report = ds.report_skips()
     assert {k: v for k, v in report.items() if k != "files" and v} == skips
 
 

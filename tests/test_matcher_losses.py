@@ -8,6 +8,7 @@ import torch
 
 from updetr_lite.config import get_config
 from updetr_lite.models import HungarianMatcher, SetCriterion, build_criterion
+from updetr_lite.models.matcher import cost_terms
 
 torch.set_num_threads(1)
 
@@ -81,6 +82,35 @@ def test_matcher_equals_brute_force():
             )
             total = sum(cost[p][j] for p, j in zip(pred_idx.tolist(), tgt_idx.tolist()))
             assert total == pytest.approx(best, abs=1e-4)
+
+
+def test_cost_terms_are_each_weighted_term_written_out():
+    g = torch.Generator().manual_seed(4)
+    outputs, (t,) = random_problem(g, 1, 5, 3, [4])
+    logits, boxes = outputs["pred_logits"][0], outputs["pred_boxes"][0]
+    w = (0.5, 3.0, 1.5)  # not the defaults: each weight must reach its own term
+    terms = cost_terms(logits, boxes, t["labels"], t["boxes"], *w)
+    for i in range(5):
+        for j in range(4):
+            prob = torch.softmax(logits[i], -1)[t["labels"][j]].item()
+            l1 = (boxes[i] - t["boxes"][j]).abs().sum().item()
+            giou = giou_pair(boxes[i].tolist(), t["boxes"][j].tolist())
+            assert terms["class"][i, j].item() == pytest.approx(-w[0] * prob, abs=1e-6)
+            assert terms["bbox"][i, j].item() == pytest.approx(w[1] * l1, abs=1e-5)
+            assert terms["giou"][i, j].item() == pytest.approx(-w[2] * giou, abs=1e-5)
+            assert terms["total"][i, j].item() == pytest.approx(
+                pair_cost(logits[i], boxes[i], t["labels"][j], t["boxes"][j], *w), abs=1e-5
+            )
+    # the matcher minimises exactly this total, for each weighting (one term at a time picks
+    # other assignments than the defaults), checked by brute force over all maps
+    for wc in (w, (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0)):
+        total = cost_terms(logits, boxes, t["labels"], t["boxes"], *wc)["total"]
+        ((rows, cols),) = HungarianMatcher(*wc)(outputs, [t])
+        best = min(
+            sum(total[p, j].item() for j, p in enumerate(preds))
+            for preds in itertools.permutations(range(5), 4)
+        )
+        assert total[rows, cols].sum().item() == pytest.approx(best, abs=1e-5), wc
 
 
 def test_matcher_batched_equals_per_image():

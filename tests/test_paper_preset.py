@@ -1,7 +1,8 @@
 """The paper preset and the driver's paper runs hold the paper's numbers.
 
-The expected values are typed here from shared/paper/reference-facts.md and the paper's
-sections 3-4, independently of updetr_lite/config.py and updetr_lite/main.py.
+The expected values are typed here from the paper's sections 3-4 and tables (and the
+authors' release where the paper is silent), independently of updetr_lite/config.py and
+updetr_lite/main.py.
 """
 
 from pathlib import Path

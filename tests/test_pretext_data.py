@@ -9,15 +9,13 @@ import torch
 from PIL import Image
 from torchvision.ops import box_convert
 
+from updetr_lite import demo
 from updetr_lite.config import get_config
-from updetr_lite.data.pretext import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    NoImagesError,
-    PretextDataset,
-    collate_pretext,
-    sample_patch_boxes,
-)
+from updetr_lite.data.images import IMAGENET_MEAN, IMAGENET_STD
+from updetr_lite.data.pretext import NoImagesError, PretextDataset, collate_pretext
+from updetr_lite.data.query_patches import sample_patch_boxes
+from updetr_lite.engine.inference import localize_patches
+from updetr_lite.models import build_updetr
 
 MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
 STD = np.array(IMAGENET_STD, dtype=np.float32)
@@ -94,6 +92,34 @@ def test_patch_box_sampling_rule():
     # reproducible from the generator
     again = sample_patch_boxes(h, w, n, lo, generator=torch.Generator().manual_seed(0))
     assert torch.equal(b, again)
+
+
+def test_inference_and_demo_augment_patches_exactly_as_training(tmp_path, monkeypatch):
+    """The same seed gives bit-equal augmented patches in training (the pretext dataset), in
+    ``engine.inference.localize_patches`` (what a 'crop' model's CNN receives) and in
+    ``demo.query_patches``: one augmentation, one crop, one normalisation."""
+    h, w = 90, 130
+    arr = _structured(h, w, seed=2)
+    Image.fromarray(arr).save(tmp_path / "img.png")
+    cfg = _cfg(m=4, p=32)
+    cfg.pretext = dataclasses.replace(cfg.pretext, patch_feature="crop")
+    ds = PretextDataset(tmp_path, cfg, augment_patches=True)
+    img = torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+    model = build_updetr(cfg).eval()
+    seen = []
+    real = model.backbone.patch_feature
+    monkeypatch.setattr(model.backbone, "patch_feature", lambda x: seen.append(x) or real(x))
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        boxes = sample_patch_boxes(h, w, 4, 8, torch.Generator().manual_seed(seed))
+        torch.manual_seed(seed)
+        _, _, trained = ds.make_sample(img, generator=g)
+        plain = demo.query_patches(arr, boxes, 32, augment=False)
+        assert not torch.equal(trained, plain)  # the augmentation did something
+        torch.manual_seed(seed)
+        assert torch.equal(demo.query_patches(arr, boxes, 32, augment=True), trained)
+        localize_patches(model, cfg, arr, boxes=boxes, augment=True, seed=seed)
+        assert torch.equal(seen[-1], trained)
 
 
 def test_image_resize_no_flip_and_targets(tmp_path):
@@ -189,7 +215,7 @@ def test_bad_files_are_skipped_counted_and_named(tmp_path):
         "c_garbage.jpg",
         "d_truncated.jpg",
     }
-    assert ds.skip_report() == {}  # reset after each report (one epoch)
+    assert ds.report_skips() == {}  # reset after each report (one epoch)
 
 
 def test_all_bad_is_one_clear_error(tmp_path):

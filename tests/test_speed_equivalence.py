@@ -192,7 +192,7 @@ def test_fast_dropout_gives_the_same_outputs_in_distribution():
 
 
 def test_fused_normalize_equals_torchvision():
-    from updetr_lite.data.pretext import IMAGENET_MEAN, IMAGENET_STD, normalize
+    from updetr_lite.data.images import IMAGENET_MEAN, IMAGENET_STD, normalize
 
     x = torch.randint(0, 256, (2, 3, 17, 23), dtype=torch.uint8)
     ref = TF.normalize(TF.to_dtype(x, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import random
 
 import matplotlib
 
@@ -18,10 +17,12 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from updetr_lite import demo, notebook_checks, viz  # noqa: E402
+from updetr_lite.data.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
+from updetr_lite.data.query_patches import sample_boxes, sample_patch_boxes  # noqa: E402
 from updetr_lite.models import HungarianMatcher, build_updetr, group_attention_mask  # noqa: E402
 
-MEAN = torch.tensor(viz.IMAGENET_MEAN)[:, None, None]
-STD = torch.tensor(viz.IMAGENET_STD)[:, None, None]
+MEAN = torch.tensor(IMAGENET_MEAN)[:, None, None]
+STD = torch.tensor(IMAGENET_STD)[:, None, None]
 
 
 @pytest.fixture(autouse=True)
@@ -114,11 +115,22 @@ def test_jsonl_series_and_curves(tmp_path):
     assert (x, y) == ([1, 3], [3.0, 1.5])
     ax = viz.plot_curves({"run": (x, y)})
     np.testing.assert_allclose(ax.lines[0].get_ydata(), y)
-    (tmp_path / "bad.jsonl").write_text("{oops\n")
-    with pytest.raises(ValueError, match="bad.jsonl:1"):
+    # a broken line before the last is a damaged file: an error naming file and line
+    (tmp_path / "bad.jsonl").write_text('{"step": 1}\n{oops\n{"step": 2}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:2"):
         viz.read_jsonl(tmp_path / "bad.jsonl")
     with pytest.raises(FileNotFoundError):
         viz.read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_jsonl_torn_last_line_is_skipped_with_a_warning(tmp_path):
+    from updetr_lite import report
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 1}\n\n{"step": 2}\n{"type": "train", "st')  # killed mid-write
+    for read in (viz.read_jsonl, report.read_jsonl):
+        with pytest.warns(UserWarning, match="log.jsonl:4: torn last line"):
+            assert read(log) == [{"step": 1}, {"step": 2}]
 
 
 def test_capture_cross_attention_is_a_distribution_and_changes_nothing(tiny):
@@ -227,6 +239,25 @@ def test_loss_fell():
 # ------------------------------------------------------------------------------ demo
 
 
+def test_as_uint8_image_grey_bool_float_rgba_and_bad_shape():
+    from updetr_lite.data.images import as_uint8_image
+
+    grey = np.array([[0, 128], [255, 7]], np.uint8)
+    assert (as_uint8_image(grey) == grey[..., None]).all() and as_uint8_image(grey).shape == (
+        2,
+        2,
+        3,
+    )
+    assert as_uint8_image(np.array([[True, False]]))[0, :, 0].tolist() == [255, 0]
+    f = np.array([[[0.0, 0.5, 1.2]]], np.float32)  # 1.2 is clipped to 1
+    assert as_uint8_image(f)[0, 0].tolist() == [0, 128, 255]
+    rgba = np.zeros((2, 3, 4), np.uint8)
+    rgba[..., 3] = 99
+    assert as_uint8_image(rgba).shape == (2, 3, 3) and not as_uint8_image(rgba).any()
+    with pytest.raises(ValueError, match="HxW or HxWx3"):
+        as_uint8_image(np.zeros((2, 3, 5)))
+
+
 def test_prepare_image_follows_the_resize_rule():
     images, mask = demo.prepare_image(_image(50, 100), 64, 100)
     # shortest side 64 would make the longest 128 > 100: the longest side wins
@@ -249,11 +280,14 @@ def test_query_patches_crop_the_box_and_boxes_are_checked():
         demo.check_boxes(torch.zeros(0, 4), (40, 60))
 
 
-def test_sample_patch_boxes_follow_the_authors_rule():
-    rng = random.Random(0)
+def test_sample_boxes_are_the_pixel_boxes_normalised_and_follow_the_authors_rule():
+    rng = torch.Generator().manual_seed(0)
     h, w, lo = 64, 96, 12
-    for _ in range(50):
-        b = demo.sample_patch_boxes(h, w, 3, lo, rng)
+    for i in range(50):
+        b = sample_boxes(h, w, 3, lo, rng)
+        pixels = sample_patch_boxes(h, w, 3, lo, torch.Generator().manual_seed(i))
+        again = sample_boxes(h, w, 3, lo, torch.Generator().manual_seed(i))
+        torch.testing.assert_close(viz.cxcywh_to_pixel_xyxy(again, (h, w)), pixels)
         xyxy = viz.cxcywh_to_pixel_xyxy(b, (h, w))
         sides = xyxy[:, 2:] - xyxy[:, :2]
         assert (

@@ -33,13 +33,18 @@ from torchvision.ops import box_iou
 from torchvision.transforms.v2 import functional as TF
 
 from .config import Config, get_config
-from .viz import COLORS, IMAGENET_MEAN, IMAGENET_STD, draw_boxes, show_image
+from .data.images import as_uint8_image, normalize
+from .data.query_patches import crop_patches, patch_augmentation, sample_boxes
+from .viz import COLORS, draw_boxes, show_image
 
 # the project's cache, wherever the notebook runs from
 DEMO_DIR = Path(__file__).resolve().parents[1] / ".cache" / "updetr_lite" / "demo"
 # Demo checkpoint steps. Lite: about 4 min on one core (mean IoU over training patches 0.56
 # at 3000 steps, 0.49 at 1500); smoke (one 64 px photo): ~35 s, 0.70-0.78 (0.52-0.74 at 800).
 STEPS_FULL, STEPS_SMOKE = 3000, 1500
+# part of the default checkpoint's name: bump it when the trainer's draws change, so that a
+# checkpoint trained by an older trainer is not picked up (2: boxes from data.query_patches)
+TRAINER_VERSION = 2
 
 
 class DemoError(ValueError):
@@ -47,21 +52,6 @@ class DemoError(ValueError):
 
 
 # ---------------------------------------------------------------- images and query patches
-
-
-def as_uint8_image(image) -> np.ndarray:
-    """HxWx3 uint8 from a HxW or HxWx3/4 array (bool, uint8 or float in [0, 1])."""
-    a = np.asarray(image)
-    if a.dtype == bool:
-        a = a.astype(np.uint8) * 255
-    if a.ndim == 2:
-        a = np.stack([a] * 3, -1)
-    if a.ndim != 3 or a.shape[-1] not in (3, 4):
-        raise DemoError(f"expected an image HxW or HxWx3, got shape {a.shape}")
-    a = a[..., :3]
-    if a.dtype != np.uint8:
-        a = (np.clip(a.astype(np.float32), 0, 1) * 255).round().astype(np.uint8)
-    return np.ascontiguousarray(a)
 
 
 def read_image(source) -> np.ndarray:
@@ -81,11 +71,6 @@ def read_image(source) -> np.ndarray:
         raise DemoError(
             f"not an image file: {source if isinstance(source, str) else 'upload'}"
         ) from e
-
-
-def _normalize(t: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> float ImageNet-normalised."""
-    return TF.normalize(t.float() / 255, IMAGENET_MEAN, IMAGENET_STD)
 
 
 def prepare_image(image: np.ndarray, size: int, max_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,17 +94,12 @@ def check_boxes(boxes_xyxy, size: tuple[int, int]) -> torch.Tensor:
 
 def query_patches(image: np.ndarray, boxes_xyxy, patch_size: int, augment: bool = False):
     """Crop pixel xyxy boxes from the full-resolution image, resize to patch_size, optionally
-    augment -> [k, 3, p, p] normalised (what a 'crop' model receives)."""
+    augment as in pre-training -> [k, 3, p, p] normalised (what a 'crop' model receives)."""
     img = torch.from_numpy(as_uint8_image(image)).permute(2, 0, 1)
-    b = check_boxes(boxes_xyxy, img.shape[1:]).round().long()
-    from .engine.inference import patch_augmentation
-
-    aug = patch_augmentation(patch_size) if augment else None
-    out = []
-    for x0, y0, x1, y1 in b.tolist():
-        p = TF.resize(img[:, y0:y1, x0:x1], [patch_size, patch_size], antialias=True)
-        out.append(aug(p) if aug is not None else p)
-    return _normalize(torch.stack(out))
+    boxes = check_boxes(boxes_xyxy, img.shape[1:])
+    return normalize(
+        crop_patches(img, boxes, patch_size, patch_augmentation() if augment else None)
+    )
 
 
 def augment_image(image: np.ndarray, generator_seed: int | None = None) -> np.ndarray:
@@ -127,10 +107,8 @@ def augment_image(image: np.ndarray, generator_seed: int | None = None) -> np.nd
     from this copy when augmentation is on)."""
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
-    from .engine.inference import patch_augmentation
-
     t = torch.from_numpy(as_uint8_image(image)).permute(2, 0, 1)
-    return patch_augmentation(max(t.shape[1:]) // 4)(t).permute(1, 2, 0).numpy()
+    return patch_augmentation()(t).permute(1, 2, 0).numpy()
 
 
 # ---------------------------------------------------------------- prediction
@@ -205,18 +183,6 @@ def demo_config(smoke: bool) -> Config:
     return cfg.validate()
 
 
-def sample_patch_boxes(h: int, w: int, m: int, min_patch: int, rng: random.Random) -> torch.Tensor:
-    """M random query-patch boxes [M, 4] cxcywh normalised in an h x w image: sides uniform in
-    [min_patch, side - min_patch] px (the authors' rule), top-left uniform where it fits."""
-    out = []
-    for _ in range(m):
-        bw = rng.randint(min(min_patch, w // 2), max(min(min_patch, w // 2), w - min_patch))
-        bh = rng.randint(min(min_patch, h // 2), max(min(min_patch, h // 2), h - min_patch))
-        x0, y0 = rng.randint(0, w - bw), rng.randint(0, h - bh)
-        out.append([(x0 + bw / 2) / w, (y0 + bh / 2) / h, bw / w, bh / h])
-    return torch.tensor(out, dtype=torch.float32)
-
-
 def train_demo_checkpoint(
     cfg: Config,
     images: list[np.ndarray],
@@ -244,7 +210,8 @@ def train_demo_checkpoint(
     if not images:
         raise DemoError("train_demo_checkpoint: no images to train on")
     torch.manual_seed(seed)
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # which view each set of patches is pooled from
+    boxes_rng = torch.Generator().manual_seed(seed)  # the query patch boxes
     model, criterion = build_updetr(cfg), build_criterion(cfg, pretext=True)
     size, max_size = max(cfg.data.pretext_scales), cfg.data.pretext_max_size
     cache = []
@@ -277,7 +244,7 @@ def train_demo_checkpoint(
         h, w = images[step % len(cache)].shape[:2]
         boxes = torch.stack(
             [
-                sample_patch_boxes(h, w, m_patches, cfg.pretext.min_patch, rng)
+                sample_boxes(h, w, m_patches, cfg.pretext.min_patch, boxes_rng)
                 for _ in range(batch_size)
             ]
         )
@@ -309,15 +276,9 @@ def train_demo_checkpoint(
 
 def demo_photos(smoke: bool = False) -> dict[str, np.ndarray]:
     """The demo's images: the embedded photos (``updetr_lite.data.photos``), HxWx3 uint8."""
-    try:
-        from .data.photos import load_photos
-    except ImportError:  # the data package is optional for the demo: scikit-image's photos
-        import skimage.data as sd
+    from .data.photos import load_photos
 
-        photos = {n: getattr(sd, n)() for n in ("astronaut", "coffee", "chelsea", "rocket")}
-    else:
-        photos = load_photos()
-    photos = {k: as_uint8_image(v) for k, v in photos.items()}
+    photos = {k: as_uint8_image(v) for k, v in load_photos().items()}
     if smoke:
         photos = dict(list(photos.items())[:1])
     return photos
@@ -347,7 +308,7 @@ def ensure_lite_checkpoint(
     # the default file is named after the settings and step count, so a checkpoint trained
     # with other settings (an older kit) is never picked up
     steps = steps or (STEPS_SMOKE if smoke else STEPS_FULL)
-    tag = hashlib.sha256(f"{cfg.to_json()}{steps}".encode()).hexdigest()[:10]
+    tag = hashlib.sha256(f"{cfg.to_json()}{steps}{TRAINER_VERSION}".encode()).hexdigest()[:10]
     p = Path(path) if path else DEMO_DIR / f"{'smoke' if smoke else 'lite'}-{tag}.pth"
     if p.is_file():
         return p

@@ -5,8 +5,9 @@ the paper). At lite scale the kit trains its own: a ResNet-18 cut after layer3 (
 256 channels; ``lite`` preset's ``model.backbone`` / ``backbone_layer``) on dense per-cell
 class labels of a *separate* generated set (its own seed, never the detection train/val
 images). This is a supervised stand-in for SwAV: a few minutes of self-supervised
-(SimCLR) training gave features too weak for DETR to learn from on 2 CPU cores
-(shared/notes/lite-scale-findings.md), the per-cell objective worked.
+(SimCLR) training gave features too weak for DETR to learn from on 2 CPU cores (with a
+4.5-minute SimCLR CNN the class loss stayed at the constant-prediction value for 600-1200
+steps); the per-cell objective worked.
 
 The weights are saved in torchvision's state-dict format (``conv1.weight``, ``bn1.*``,
 ``layer1..3.*``), so ``models.weights.load_cnn_weights`` loads them through
@@ -26,6 +27,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 from torch import nn
+
+from .data.images import IMAGENET_MEAN, IMAGENET_STD
 
 STRIDE = 16  # layer3 of a ResNet
 CNN_SEED_OFFSET = 1000  # the CNN's data seed = detection seed + this: a separate set
@@ -115,11 +118,13 @@ class DenseCNN(nn.Module):
         return out
 
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+MEAN = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
 def _normalize(x_uint8: torch.Tensor) -> torch.Tensor:
+    # computed as (x / 255 - mean) / std, the rounding the committed lite CNN was trained
+    # with; data.images.normalize rounds differently (by <= 2.4e-7) and would change it
     return (x_uint8.float() / 255.0 - MEAN) / STD
 
 

@@ -2,8 +2,9 @@
 
 - ``write_results`` / ``read_results``: each notebook writes its checkable values as JSON into
   a folder given by its ``RESULTS_DIR`` parameter; tests/test_notebooks.py reads them.
-- ``cost_terms`` / ``global_assignment`` / ``per_group_assignment``: the matching cost split
-  into its three terms, and the two ways to assign query patches (notebook 03).
+- ``cost_terms`` (the matcher's own, ``models.matcher.cost_terms``) / ``global_assignment`` /
+  ``per_group_assignment``: the matching cost split into its three terms, and the two ways to
+  assign query patches (notebook 03).
 - ``group_influence``: how much the outputs of each query group move when one group's query
   patch changes (notebook 02: with the attention mask, other groups do not move at all).
 - ``loss_fell``: did a training curve go down (notebook 04).
@@ -17,7 +18,8 @@ from pathlib import Path
 
 import torch
 from scipy.optimize import linear_sum_assignment
-from torchvision.ops import box_convert, generalized_box_iou
+
+from .models.matcher import cost_terms  # noqa: F401  (notebook 03 shows the matcher's terms)
 
 
 def write_results(results_dir, name: str, values: dict) -> Path:
@@ -35,34 +37,6 @@ def read_results(results_dir, name: str) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"no results file {path}: did notebook {name!r} run to the end?")
     return json.loads(path.read_text())
-
-
-def cost_terms(
-    pred_logits: torch.Tensor,
-    pred_boxes: torch.Tensor,
-    tgt_labels: torch.Tensor,
-    tgt_boxes: torch.Tensor,
-    cost_class: float = 1.0,
-    cost_bbox: float = 5.0,
-    cost_giou: float = 2.0,
-) -> dict[str, torch.Tensor]:
-    """The matching cost of one image, term by term, each [N, n] and already weighted:
-    ``class`` = -w * p(target class), ``bbox`` = w * L1 of cxcywh, ``giou`` = -w * GIoU,
-    and ``total`` their sum (what ``HungarianMatcher`` minimises).
-
-    pred_logits [N, K+1], pred_boxes [N, 4] cxcywh; tgt_labels [n], tgt_boxes [n, 4] cxcywh."""
-    prob = pred_logits.float().softmax(-1)
-    terms = {
-        "class": -cost_class * prob[:, tgt_labels],
-        "bbox": cost_bbox * torch.cdist(pred_boxes.float(), tgt_boxes.float(), p=1),
-        "giou": -cost_giou
-        * generalized_box_iou(
-            box_convert(pred_boxes.float(), "cxcywh", "xyxy"),
-            box_convert(tgt_boxes.float(), "cxcywh", "xyxy"),
-        ),
-    }
-    terms["total"] = terms["class"] + terms["bbox"] + terms["giou"]
-    return terms
 
 
 def global_assignment(cost: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,8 +1,8 @@
 """Tables and figures of the paper, rebuilt from run folders and nothing else.
 
 A run folder (see ``updetr_lite.main``) holds ``config.json``, ``log.jsonl`` and, once
-finished, ``DONE``. This module reads them, puts the paper's numbers (``PAPER``, from
-shared/paper/reference-facts.md and the paper's tables) beside the reproduced ones with the
+finished, ``DONE``. This module reads them, puts the paper's numbers (``PAPER``, from the
+paper's Tables 1-4) beside the reproduced ones with the
 difference, and draws the learning curves. A run that is absent, unfinished or failed is
 shown as such, a run stopped before its plan's end is marked SHORTENED; nothing is ever
 filled in. Each table's comparisons are the pairs the paper draws (``Row.vs`` in the plan:
@@ -22,6 +22,8 @@ import shutil
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from .jsonl import read_jsonl
 
 # The paper's numbers (R50). Keys: "<table>/<row>"; AP metrics in percent.
 PAPER: dict[str, dict[str, float]] = {
@@ -138,21 +140,6 @@ class RunData:
             f"({t.get('epochs')} of {t.get('plan_epochs')} epochs, {t.get('images_seen')} "
             f"images; stopped by {t.get('stopped_by')})"
         )
-
-
-def read_jsonl(path: str | Path) -> list[dict]:
-    """Records of a JSON-lines file; a torn last line (a run killed mid-write) is dropped."""
-    records = []
-    with open(path) as f:
-        for line in f:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return records
 
 
 def load_run(out_root: str | Path, name: str) -> RunData:
@@ -900,9 +887,6 @@ def fig6_text(plan, out_root: str | Path) -> str:
 
 # ----------------------------------------------------------------------------- Figure 5
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
 
 def load_pretext_model(run_dir: str | Path, checkpoint: str = "last.pth"):
     """(UPDETR in eval mode, Config) from a pre-training run folder. The checkpoint may be a
@@ -971,43 +955,19 @@ def load_image(path: str | Path, size: int, max_size: int):
     return img
 
 
-def _normalize(img_uint8):
-    from torchvision.transforms.v2 import functional as F
-
-    return F.normalize(img_uint8.float() / 255.0, IMAGENET_MEAN, IMAGENET_STD)
-
-
 def localize_patches(model, cfg, image_uint8, boxes_xyxy):
-    """Run the pretext model on one image with the given patch boxes (xyxy pixels [k, 4]).
-    -> predicted boxes xyxy pixels [k, 4], scores [k], patches uint8 [k, 3, p, p]."""
+    """The pretext model's answer for the given patch boxes (xyxy pixels [k, 4]) on one uint8
+    image [3, H, W] (``engine.inference.localize_patches``) -> predicted boxes xyxy pixels
+    [k, 4], scores [k], the query patches uint8 [k, 3, p, p] (for the figure)."""
     import torch
-    from torchvision.ops import box_convert
-    from torchvision.transforms.v2 import functional as F
 
-    h, w = image_uint8.shape[-2:]
-    p = cfg.pretext.patch_size
-    crops = torch.stack(
-        [
-            F.resized_crop(
-                image_uint8,
-                int(b[1]),
-                int(b[0]),
-                int(b[3] - b[1]),
-                int(b[2] - b[0]),
-                [p, p],
-                antialias=True,
-            )
-            for b in boxes_xyxy
-        ]
-    )
-    scale = torch.tensor([w, h, w, h], dtype=torch.float32)
-    cxcywh = box_convert(boxes_xyxy / scale, "xyxy", "cxcywh")
-    image = _normalize(image_uint8)[None]
-    mask = torch.zeros(1, h, w, dtype=torch.bool)
-    with torch.no_grad():
-        out = model(image, mask, _normalize(crops)[None], cxcywh[None])
-        pred, scores = model.localize(out)
-    return box_convert(pred[0], "cxcywh", "xyxy") * scale, scores[0], crops
+    from .data.query_patches import crop_patches
+    from .engine.inference import localize_patches as localize
+
+    found = localize(model, cfg, image_uint8, boxes=boxes_xyxy)
+    pred = torch.tensor([r["box"] for r in found], dtype=torch.float32)
+    scores = torch.tensor([r["score"] for r in found])
+    return pred, scores, crop_patches(image_uint8, boxes_xyxy, cfg.pretext.patch_size)
 
 
 def localization_study(
@@ -1022,7 +982,9 @@ def localization_study(
     pre-trained model (label, run folder); the most confident query of each group is its
     prediction. Reports mean IoU with the true patch box and the share with IoU >= 0.5, beside
     a baseline that always answers one fixed box (the patches' mean size at the image centre).
-    Every model sees the same images and boxes. Writes fig5.png and localization.json."""
+    Every model sees the same images and boxes, each image resized as in pre-training
+    (shortest side max(data.pretext_scales), longest <= data.pretext_max_size) and the patches
+    cut from that image. Writes fig5.png and localization.json."""
     import torch
     from torchvision.ops import box_iou
 
@@ -1043,7 +1005,7 @@ def localization_study(
         gen = torch.Generator().manual_seed(seed)
         ious, truth, examples = [], [], []
         for i, path in enumerate(image_paths):
-            img = load_image(path, cfg.data.test_size, cfg.data.max_size)
+            img = load_image(path, max(cfg.data.pretext_scales), cfg.data.pretext_max_size)
             h, w = img.shape[-2:]
             # the same boxes for every model: draw the largest M once per image, use the first k
             boxes = sample_patch_boxes(gen, h, w, 10, cfg.pretext.min_patch)[:k]

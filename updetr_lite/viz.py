@@ -9,10 +9,8 @@ Axes or Figure it drew on, so a notebook cell stays one call. Box formats are in
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -20,8 +18,9 @@ import torch
 from matplotlib import patches as mpatches
 from torchvision.ops import box_convert
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .data.images import denormalize
+from .jsonl import read_jsonl  # noqa: F401  (the notebooks read logs through viz)
+
 COLORS = plt.get_cmap("tab10").colors
 
 
@@ -42,9 +41,7 @@ def to_display(image) -> np.ndarray:
                 t = t.permute(1, 2, 0)
             return t.numpy()
         if t.shape[0] == 3:
-            mean = torch.tensor(IMAGENET_MEAN)[:, None, None]
-            std = torch.tensor(IMAGENET_STD)[:, None, None]
-            t = (t * std + mean).permute(1, 2, 0)
+            t = denormalize(t).permute(1, 2, 0)
         return t.clamp(0, 1).numpy()
     a = np.asarray(image)
     if a.ndim == 2:
@@ -214,21 +211,6 @@ def plot_curves(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return ax
-
-
-def read_jsonl(path) -> list[dict]:
-    """Records of a JSON-lines log (a run folder's log); blank lines are skipped."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"log file not found: {p}")
-    out = []
-    for n, line in enumerate(p.read_text().splitlines(), 1):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{p}:{n}: not a JSON line ({e.msg})") from None
-    return out
 
 
 def series(records: list[dict], key: str, x: str = "step") -> tuple[list[float], list[float]]:

@@ -15,7 +15,7 @@ is one clear error naming the file. Annotations of an image id that the JSON doe
 are dropped and counted. Images whose sides differ by more than ``MAX_ASPECT`` x are left out
 and counted (resized, one side would shrink to nothing). While reading (``__getitem__``) a
 missing or unreadable image file, or a file whose size differs from the JSON's, is skipped
-with a warning naming it, counted (``skip_report``, which the engine logs each epoch), and
+with a warning naming it, counted (``report_skips``, which the engine logs each epoch), and
 the next good image is returned instead.
 """
 
@@ -157,7 +157,7 @@ class DetectionData(Dataset):
     def skipped(self) -> dict[str, int]:
         return self._skips.counts()
 
-    def skip_report(self) -> dict:
+    def report_skips(self) -> dict:
         """The image files skipped since the last call (e.g. one epoch), logged; then reset."""
         report = self._skips.take(lambda i: self._entry(i)[0])
         if report:

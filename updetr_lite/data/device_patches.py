@@ -38,14 +38,17 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import box_convert, roi_align
 
-from .pretext import IMAGENET_MEAN, IMAGENET_STD, sample_patch_boxes
-
-# authors' SimCLR-style patch augmentation (reference facts): jitter 0.4/0.4/0.4/0.1 p 0.8,
-# greyscale p 0.2, Gaussian blur sigma in [0.1, 2.0] p 0.5; kernel 13 = 2 ceil(3 * 2.0) + 1
-JITTER = (0.4, 0.4, 0.4, 0.1)
-P_JITTER, P_GREY, P_BLUR = 0.8, 0.2, 0.5
-SIGMA = (0.1, 2.0)
-BLUR_KERNEL = 13
+from .images import IMAGENET_MEAN, IMAGENET_STD
+from .query_patches import (  # the augmentation's numbers: one definition for both pipelines
+    BLUR_KERNEL,
+    JITTER,
+    P_BLUR,
+    P_GREY,
+    P_JITTER,
+    SIGMA,
+    sample_patch_boxes,
+    to_cxcywh,
+)
 
 # columns of the [M, NUM_PARAMS] parameter table
 JIT, ORDER, FACTORS, GREY, BLUR, SIG = 0, 1, 5, 9, 10, 11
@@ -92,7 +95,7 @@ def device_sample(dataset, img: torch.Tensor, image_id: int = 0, generator=None)
     params = draw_params(m, dataset.augment_patches, generator)
     image = dataset.resize(img)
     target = {
-        "boxes": box_convert(xyxy / torch.tensor([w, h, w, h]), "xyxy", "cxcywh"),
+        "boxes": to_cxcywh(xyxy, h, w),
         "labels": torch.ones(m, dtype=torch.int64),
         "image_id": torch.tensor(image_id, dtype=torch.int64),
         "orig_size": torch.tensor([h, w]),

@@ -1,11 +1,9 @@
 """Pretext data: random query patch detection on unlabeled images (UP-DETR, Sec. 3.1).
 
 For each image, M = ``cfg.pretext.num_patches`` query patches are cut from the
-full-resolution image. Following the authors' sampling, a patch's width and height are drawn
-independently and uniformly in ``[min_patch, side - min_patch]`` pixels, then its top-left
-corner uniformly, so any aspect ratio occurs. Each patch is resized to ``patch_size`` squared
-and augmented SimCLR-style *without* flip (the paper: a flip "may make the pretext too
-difficult"). The image itself gets a random resize (shortest side from
+full-resolution image; how they are sampled, cropped and augmented is ``data/query_patches.py``
+(the authors' sampling: sides uniform in ``[min_patch, side - min_patch]`` px, then a uniform
+corner; each patch resized to ``patch_size`` squared and colour-augmented without flip). The image itself gets a random resize (shortest side from
 ``data.pretext_scales``, longest at most ``data.pretext_max_size``) and no flip, so the
 normalised patch boxes stay valid.
 
@@ -19,8 +17,7 @@ less are skipped (counted as ``too_small``), images whose long side is over ``MA
 times the short one (resized, the short side would shrink to nothing) as ``extreme_aspect``,
 unreadable or truncated files are skipped with a
 warning naming the file (counted as ``unreadable``): ``__getitem__`` returns the next good
-image instead. ``report_skips()`` (alias ``skip_report``, which the engine calls at the end
-of an epoch) logs and returns the counts and resets them. Counters live in shared memory, so
+image instead. ``report_skips()`` (which the engine calls at the end of an epoch) logs and returns the counts and resets them. Counters live in shared memory, so
 skips in DataLoader workers are counted too, and ``copy.copy`` shares them (the feature
 cache reads through a copy). PIL is told not to load truncated files. 16-bit grey images
 are scaled to 8 bits (65535 -> 255), not clipped.
@@ -40,10 +37,17 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageFile
 from torch.utils.data import Dataset
-from torchvision.ops import box_convert
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+from .images import normalize
+from .query_patches import (
+    crop_patches,
+    patch_augmentation,
+    sample_boxes,
+    sample_patch_boxes,
+    to_cxcywh,
+)
 from .skips import MAX_ASPECT, extreme_aspect
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error here, never grey pixels
@@ -51,8 +55,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error here, ne
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 MIN_SIDE = 16  # images with a side <= this many pixels are skipped (authors' rule)
 SKIP_KINDS = ("too_small", "unreadable", "extreme_aspect")
 
@@ -127,54 +129,6 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def sample_patch_boxes(
-    h: int, w: int, num: int, min_patch: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """``num`` query patch boxes [num, 4] xyxy in pixels of an (h, w) image.
-
-    Width and height independently uniform (integers) in [min_patch, side - min_patch], then
-    a uniform top-left corner. For sides below 2 * min_patch the size is min(min_patch, side).
-    """
-
-    def draw(side: int) -> tuple[torch.Tensor, torch.Tensor]:
-        lo = min(min_patch, side)
-        hi = max(side - min_patch, lo)
-        size = torch.randint(lo, hi + 1, (num,), generator=generator)
-        # uniform corner in [0, side - size]: floor of a uniform real, per patch
-        start = (torch.rand(num, generator=generator) * (side - size + 1)).floor()
-        start = torch.minimum(start, (side - size).to(start.dtype))
-        return start, size.to(start.dtype)
-
-    bw_x0, bw = draw(w)
-    y0, bh = draw(h)
-    return torch.stack((bw_x0, y0, bw_x0 + bw, y0 + bh), dim=-1)
-
-
-def patch_augmentation(patch_size: int) -> v2.Compose:
-    """SimCLR-style colour augmentation of a [3, p, p] uint8 patch, without flip.
-
-    GaussianBlur's kernel is 2 * ceil(3 * 2.0) + 1 = 13 px, wide enough for the largest sigma
-    (2.0); torchvision needs a kernel size where the authors' PIL blur took only a radius.
-    """
-    return v2.Compose(
-        [
-            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-            v2.RandomApply([v2.GaussianBlur(kernel_size=13, sigma=(0.1, 2.0))], p=0.5),
-        ]
-    )
-
-
-_MEAN_255 = torch.tensor(IMAGENET_MEAN).mul(255).view(3, 1, 1)
-_STD_255 = torch.tensor(IMAGENET_STD).mul(255).view(3, 1, 1)
-
-
-def normalize(image_uint8: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> float ImageNet-normalised: (x / 255 - mean) / std, computed as
-    (x - 255 mean) / (255 std) in two in-place passes over one float copy."""
-    return image_uint8.to(torch.float32).sub_(_MEAN_255).div_(_STD_255)
-
-
 class one_thread:
     """Run a block with one torch intra-op thread, then restore the count.
 
@@ -214,7 +168,7 @@ class PretextDataset(Dataset):
         self.resize = v2.RandomShortestSize(
             min_size=list(cfg.data.pretext_scales), max_size=cfg.data.pretext_max_size
         )
-        self.patch_aug = patch_augmentation(self.patch_size)
+        self.patch_aug = patch_augmentation()
         # one flag per file in shared memory (0 ok, 1 too small, 2 unreadable): skips seen by
         # DataLoader workers reach the main process's report, each file counted once
         self._flags = multiprocessing.RawArray(ctypes.c_byte, len(self.files))
@@ -278,12 +232,9 @@ class PretextDataset(Dataset):
         )
         return {**counts, "files": files}
 
-    skip_report = report_skips
-
     def sample_boxes(self, h: int, w: int, generator: torch.Generator | None = None):
         """Query patch boxes [M, 4] normalised cxcywh for a full-resolution (h, w) image."""
-        xyxy = sample_patch_boxes(h, w, self.num_patches, self.min_patch, generator)
-        return box_convert(xyxy / torch.tensor([w, h, w, h]), "xyxy", "cxcywh")
+        return sample_boxes(h, w, self.num_patches, self.min_patch, generator)
 
     def _load(self, i: int) -> torch.Tensor | None:
         path = self.files[i]
@@ -320,16 +271,10 @@ class PretextDataset(Dataset):
             return device_sample(self, img, image_id, generator)
         h, w = img.shape[-2:]
         xyxy = sample_patch_boxes(h, w, self.num_patches, self.min_patch, generator)
-        p = self.patch_size
-        patches = []
-        for x0, y0, x1, y1 in xyxy.long().tolist():
-            patch = TF.resize(img[:, y0:y1, x0:x1], [p, p], antialias=True)
-            if self.augment_patches:
-                patch = self.patch_aug(patch)
-            patches.append(patch)
-        patches = normalize(torch.stack(patches))
+        aug = self.patch_aug if self.augment_patches else None
+        patches = normalize(crop_patches(img, xyxy, self.patch_size, aug))
         image = normalize(self.resize(img))
-        boxes = box_convert(xyxy / torch.tensor([w, h, w, h]), "xyxy", "cxcywh")
+        boxes = to_cxcywh(xyxy, h, w)
         target = {
             "boxes": boxes,
             "labels": torch.ones(self.num_patches, dtype=torch.int64),

@@ -5,7 +5,7 @@ A training checkpoint is a dict::
     kind          'pretext' (UP-DETR pre-training) or 'detection' (DETR fine-tuning)
     num_classes   the model's class count (no-object excluded)
     model         state dict of the bare model (never the DDP wrapper)
-    optimizer, scheduler, scaler (None with bf16: no loss scaling needed)
+    optimizer, scheduler  their state dicts (bf16 autocast needs no loss scaler)
     epoch         the epoch in progress (== epochs done when batches_done == 0)
     batches_done  batches of that epoch already trained (mid-epoch checkpoints)
     step          optimizer steps done

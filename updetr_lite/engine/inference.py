@@ -30,10 +30,11 @@ import numpy as np
 import torch
 from torch import nn
 from torchvision.ops import box_convert
-from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
 from ..config import Config, get_config
+from ..data.images import as_uint8_image, normalize
+from ..data.query_patches import crop_patches, patch_augmentation
 from .checkpoint import (
     CheckpointError,
     check_finite_state,
@@ -43,8 +44,6 @@ from .checkpoint import (
     model_state,
 )
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 RESNET_BY_BLOCKS = {  # (bottleneck blocks?, blocks in layer3) -> torchvision ResNet
     (False, 2): "resnet18",
     (False, 6): "resnet34",
@@ -208,9 +207,9 @@ def _classes(state: dict) -> int:
 
 
 def load_image(image) -> np.ndarray:
-    """HxWx3 uint8 RGB from a path, a PIL image, an HxW(x3/4) array (uint8, or float in
-    [0, 1]) or a [3, H, W] uint8 tensor. 16-bit grey files are scaled to 8 bits. An image
-    with a side under 2 px, a folder or an unreadable file is an InferenceError naming it."""
+    """HxWx3 uint8 RGB from a path, a PIL image, an HxW(x3/4) array (``as_uint8_image``) or a
+    [3, H, W] uint8 tensor. 16-bit grey files are scaled to 8 bits. An image with a side
+    under 2 px, a folder or an unreadable file is an InferenceError naming it."""
     from PIL import Image
 
     from ..data.pretext import UnreadableImageError, load_rgb, to_rgb
@@ -234,17 +233,10 @@ def load_image(image) -> np.ndarray:
         if t.ndim != 3 or t.shape[0] != 3:
             raise InferenceError(f"expected an image tensor [3, H, W], got {tuple(t.shape)}")
         image = t.permute(1, 2, 0).numpy()
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = np.stack([a] * 3, -1)
-    if a.ndim != 3 or a.shape[-1] not in (3, 4):
-        raise InferenceError(f"expected an image HxWx3, got an array of shape {a.shape}")
-    a = a[..., :3]
-    if a.dtype != np.uint8:
-        a = (np.clip(a.astype(np.float32), 0.0, 1.0) * 255).round().astype(np.uint8)
+    a = as_uint8_image(image)
     if min(a.shape[:2]) < 2:
         raise InferenceError(f"{name}: {a.shape[1]}x{a.shape[0]} px is too small (sides >= 2 px)")
-    return np.ascontiguousarray(a)
+    return a
 
 
 def resized_hw(h: int, w: int, size: int, max_size: int) -> tuple[int, int]:
@@ -253,17 +245,12 @@ def resized_hw(h: int, w: int, size: int, max_size: int) -> tuple[int, int]:
     return max(1, round(h * scale)), max(1, round(w * scale))
 
 
-def _normalize(t: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, H, W] -> ImageNet-normalised float."""
-    return TF.normalize(t.float() / 255.0, IMAGENET_MEAN, IMAGENET_STD)
-
-
 def eval_input(image: np.ndarray, size: int, max_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """HxWx3 uint8 -> (images [1, 3, h, w] normalised, mask [1, h, w] all False: no padding)."""
     t = torch.from_numpy(image).permute(2, 0, 1)
     h, w = resized_hw(t.shape[1], t.shape[2], size, max_size)
     t = TF.resize(t, [h, w], antialias=True)
-    return _normalize(t)[None], torch.zeros(1, h, w, dtype=torch.bool)
+    return normalize(t)[None], torch.zeros(1, h, w, dtype=torch.bool)
 
 
 def _device(model: nn.Module) -> torch.device:
@@ -300,19 +287,6 @@ def predict_image(model: nn.Module, cfg: Config, image, threshold: float = 0.0) 
 
 
 # --------------------------------------------------------------------------- localization
-
-
-def patch_augmentation(patch_size: int) -> v2.Transform:
-    """Colour augmentation of query patches (SimCLR-style, as the authors' pre-training):
-    colour jitter 0.4/0.4/0.4/0.1 with p 0.8, grayscale p 0.2, Gaussian blur p 0.5."""
-    kernel = max(3, (patch_size // 10) | 1)  # odd, about a tenth of the patch
-    return v2.Compose(
-        [
-            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
-            v2.RandomGrayscale(p=0.2),
-            v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5),
-        ]
-    )
 
 
 def parse_box(text: str) -> list[float]:
@@ -354,7 +328,8 @@ def localize_patches(
     image: a path, PIL image or array. Query patches, k <= M of them, either
       patches: images (paths, PIL, arrays) of any size, resized to ``pretext.patch_size``, or
       boxes: pixel xyxy boxes [k, 4] on ``image``, cut out of it.
-    augment: colour-augment the patches as in pre-training (``seed`` makes it repeatable).
+    augment: colour-augment the patches exactly as in pre-training
+      (``data.query_patches.patch_augmentation``; ``seed`` makes it repeatable).
 
     The pretext model runs in eval mode (no query shuffle, no patch dropout) with the first
     k*N/M object queries and the matching block of the group mask; of each group of N/M
@@ -396,7 +371,7 @@ def localize_patches(
     with rng:
         if seed is not None:
             torch.manual_seed(seed)
-        aug = patch_augmentation(p) if augment else None
+        aug = patch_augmentation() if augment else None
         if boxes is not None:
             patch_feature = _box_features(
                 model, img, query_boxes, images, features, fmask, p, aug, dev
@@ -416,27 +391,18 @@ def localize_patches(
     return result
 
 
-def _resize_patch(t: torch.Tensor, p: int, aug) -> torch.Tensor:
-    """uint8 [3, h, w] -> normalised [3, p, p], augmented if ``aug``."""
-    t = TF.resize(t, [p, p], antialias=True)
-    return _normalize(aug(t) if aug is not None else t)
-
-
 def _box_features(model, img, query_boxes, images, features, fmask, p, aug, dev) -> torch.Tensor:
     """[k, C] patch features of pixel xyxy boxes on the image (``images`` [1, 3, h', w'] is
     the resized model input, ``features``/``fmask`` its CNN output)."""
     h, w = img.shape[:2]
     t = torch.from_numpy(img).permute(2, 0, 1)
     if model.patch_feature == "crop":
-        crops = [
-            _resize_patch(t[:, y0:y1, x0:x1], p, aug)
-            for x0, y0, x1, y1 in query_boxes.round().long().tolist()
-        ]
-        return model.backbone.patch_feature(torch.stack(crops).to(dev))
+        crops = normalize(crop_patches(t, query_boxes, p, aug))
+        return model.backbone.patch_feature(crops.to(dev))
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)
     cxcywh = box_convert(query_boxes / scale, "xyxy", "cxcywh")[None].to(dev)
     if aug is not None:  # pool from an augmented copy; the decoder still sees the clean image
-        aug_in = _normalize(TF.resize(aug(t), list(images.shape[-2:]), antialias=True))[None]
+        aug_in = normalize(TF.resize(aug(t), list(images.shape[-2:]), antialias=True))[None]
         in_mask = torch.zeros(1, *images.shape[-2:], dtype=torch.bool, device=dev)
         features, fmask = model.backbone(aug_in.to(dev), in_mask)
     return model.roi_patch_feature(features, fmask, cxcywh)[0]
@@ -444,9 +410,15 @@ def _box_features(model, img, query_boxes, images, features, fmask, p, aug, dev)
 
 def _file_features(model, patch_imgs, p, aug, dev) -> torch.Tensor:
     """[k, C] patch features of patch images."""
-    crops = torch.stack(
-        [_resize_patch(torch.from_numpy(a).permute(2, 0, 1), p, aug) for a in patch_imgs]
-    ).to(dev)
+    crops = torch.cat(
+        [
+            crop_patches(
+                torch.from_numpy(a).permute(2, 0, 1), [[0, 0, a.shape[1], a.shape[0]]], p, aug
+            )
+            for a in patch_imgs
+        ]
+    )
+    crops = normalize(crops).to(dev)
     if model.patch_feature == "crop":
         return model.backbone.patch_feature(crops)
     # roi model: pool each patch's own feature map over its whole extent

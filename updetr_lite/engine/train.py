@@ -47,7 +47,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torchvision.ops import box_convert
 
 from ..config import Config
 from ..models.matcher import NonFiniteOutputError
@@ -106,7 +105,7 @@ class SeededDataset(Dataset):
     def __len__(self):
         return len(self.dataset)
 
-    def __getattr__(self, name):  # skip_report, coco, ... of the wrapped dataset
+    def __getattr__(self, name):  # report_skips, coco, ... of the wrapped dataset
         if name == "dataset":
             raise AttributeError(name)
         return getattr(self.dataset, name)
@@ -236,13 +235,13 @@ def _eval_view(dataset, cfg: Config):
     """The same images with the eval transforms (no augmentation), for the feature cache."""
     from ..data.transforms import detection_transforms
 
+    if not hasattr(dataset, "transforms"):
+        raise TrainingError(
+            "cache_features: the detection dataset exposes no transforms to replace"
+        )
     view = copy.copy(dataset)
-    tf = detection_transforms(cfg.data, train=False)
-    for attr in ("transforms", "_transforms"):
-        if hasattr(view, attr):
-            setattr(view, attr, tf)
-            return view
-    raise TrainingError("cache_features: the detection dataset exposes no transforms to replace")
+    view.transforms = detection_transforms(cfg.data, train=False)
+    return view
 
 
 @dataclass
@@ -250,7 +249,7 @@ class TrainData:
     batches: Batches  # the training batches (dicts)
     sampler: du.ResumableSampler
     seeded: SeededDataset
-    source: Dataset  # the dataset as built by the data package (has skip_report)
+    source: Dataset  # the dataset as built by the data package (has report_skips)
     val_loader: DataLoader | None = None
     coco_gt: object = None
     cache_skips: list | None = None  # [(what, report)]: images skipped building the caches
@@ -346,7 +345,7 @@ def _with_skips(dataset, compute, what: str, skips: list):
 
     def run():
         value = compute()
-        report = getattr(dataset, "skip_report", lambda: {})()
+        report = getattr(dataset, "report_skips", lambda: {})()
         return value | {"skips": report}
 
     def reported(value):
@@ -434,28 +433,8 @@ def _cached_pretext(cfg, extractor, dataset, ident, progress, skips):
 
     data = _cached(path, compute, dataset, "feature cache (pretext)", skips)
     if cfg.pretext.patch_feature == "roi":
-        return ft.CachedPretextRoi(data["maps"], data["sizes"], _box_sampler(dataset, cfg))
+        return ft.CachedPretextRoi(data["maps"], data["sizes"], dataset.sample_boxes)
     return ft.CachedPretextCrop(data["maps"], dataset)
-
-
-def _box_sampler(dataset, cfg):
-    """Query patch boxes for an image of size (h, w): the pretext dataset's own sampler when
-    it has one, else the paper's rule (reference-facts.md): sides uniform in
-    [min_patch, side - min_patch] pixels, independently, then a uniform top-left corner."""
-    own = getattr(dataset, "sample_boxes", None)
-    if own is not None:
-        return own
-    m, lo = cfg.pretext.num_patches, cfg.pretext.min_patch
-
-    def sample(h: int, w: int) -> torch.Tensor:
-        bw = torch.randint(lo, max(lo, w - lo) + 1, (m,)).float()
-        bh = torch.randint(lo, max(lo, h - lo) + 1, (m,)).float()
-        x0 = (torch.rand(m) * (w - bw + 1)).floor().clamp(max=w - bw)
-        y0 = (torch.rand(m) * (h - bh + 1)).floor().clamp(max=h - bh)
-        xyxy = torch.stack((x0, y0, x0 + bw, y0 + bh), -1) / torch.tensor([w, h, w, h])
-        return box_convert(xyxy, "xyxy", "cxcywh")
-
-    return sample
 
 
 # --------------------------------------------------------------------------- training
@@ -714,7 +693,6 @@ def _train(cfg, stage, tc, out, init, resume, device, info, last_every_steps, pr
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "scaler": None,  # bf16 autocast needs no loss scaling
             "epoch": epoch_,
             "batches_done": batches_done_,
             "step": step,
@@ -751,7 +729,7 @@ def _train(cfg, stage, tc, out, init, resume, device, info, last_every_steps, pr
         metrics = evaluate(eval_model, val_loader, coco_gt, device)
         last_metrics = metrics
         log.write({"type": "eval", "step": step, "epoch": epoch_} | metrics)
-        report = getattr(val_loader.dataset, "skip_report", lambda: {})()
+        report = getattr(val_loader.dataset, "report_skips", lambda: {})()
         if report:  # val images that could not be read (not on the cached path: no reads)
             log.write(
                 {"type": "skips", "step": step, "epoch": epoch_, "where": "val"}
@@ -859,7 +837,7 @@ def _train(cfg, stage, tc, out, init, resume, device, info, last_every_steps, pr
         # every rank's sampler has the same length, so ranks agree on this
         epoch_finished = batches_done >= batches_per_epoch
         sampler.start = 0
-        skip = getattr(data.source, "skip_report", None)
+        skip = getattr(data.source, "report_skips", None)
         if skip is not None and epoch_finished:
             # counted, logged skips (images too small for query patches), of every rank's shard
             report = merge_skip_reports(du.all_gather_object(skip()))

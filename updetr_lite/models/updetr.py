@@ -51,7 +51,8 @@ class UPDETR(DETR):
 
     patch_feature: 'crop' runs the CNN on the resized crops (the paper); 'roi' averages a
     RoIAlign of the image feature map over each patch box (a lite-scale deviation: the CNN
-    never sees the crops, see shared/notes/lite-scale-findings.md).
+    never sees the crops; in the lite runs the crop pretext stayed on a plateau, per-box L1
+    about 0.30, while the roi one learned to localise, L1 0.18).
 
     patch_init_gain (lite deviation, ``pretext.patch_init_gain``) multiplies patch_proj's
     initial weights: a query is object query + patch feature, and with PyTorch's init the
