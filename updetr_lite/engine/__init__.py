@@ -6,7 +6,7 @@ fine-tunes DETR ('finetune'); ``evaluate(model, loader, coco_gt)`` gives COCO bo
 
 from .checkpoint import CheckpointError, atomic_save, check_kind, load_checkpoint
 from .evaluate import METRICS, evaluate
-from .features import FeatureCacheError
+from .feature_cache import FeatureCacheError
 from .train import NonFiniteLossError, TrainingError, train
 
 __all__ = [
