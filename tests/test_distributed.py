@@ -16,7 +16,8 @@ import torch.multiprocessing as mp
 from updetr_lite.config import get_config
 from updetr_lite.engine import distributed as du
 from updetr_lite.engine.checkpoint import load_checkpoint
-from updetr_lite.engine.train import StepModel, _build, compute_losses, train
+from updetr_lite.engine.step import StepModel, compute_losses
+from updetr_lite.engine.train import _build, train
 
 GLOBAL_BATCH = 4
 SIZE = 64

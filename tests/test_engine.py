@@ -10,8 +10,9 @@ from torchvision.ops import FrozenBatchNorm2d
 from updetr_lite.config import Config, get_config
 from updetr_lite.engine.checkpoint import load_checkpoint
 from updetr_lite.engine.evaluate import METRICS
-from updetr_lite.engine.features import FeatureCacheError
-from updetr_lite.engine.train import StepModel, compute_losses, prepare_model, train
+from updetr_lite.engine.feature_cache import FeatureCacheError
+from updetr_lite.engine.step import StepModel, compute_losses
+from updetr_lite.engine.train import prepare_model, train
 
 
 def _records(path, kind):

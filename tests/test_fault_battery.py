@@ -456,7 +456,7 @@ def test_file_size_limit_is_a_clear_write_error(tmp_path):
 def test_damaged_feature_cache_is_named_and_rebuilt(tmp_path, capsys):
     import torch
 
-    from updetr_lite.engine.features import cached
+    from updetr_lite.engine.feature_cache import cached
 
     path = tmp_path / "features" / "k.pt"
     calls = []

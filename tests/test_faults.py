@@ -10,7 +10,8 @@ import torch
 
 from updetr_lite.config import get_config
 from updetr_lite.engine.checkpoint import load_checkpoint
-from updetr_lite.engine.train import NonFiniteLossError, StepModel, train
+from updetr_lite.engine.step import StepModel
+from updetr_lite.engine.train import NonFiniteLossError, train
 
 # 16 train images / batch 4 = 4 steps per epoch
 FAST = ["finetune.epochs=1", "finetune.cache_features=False", "finetune.log_every=1"]

@@ -200,7 +200,7 @@ def test_ranks_of_one_job_must_run_the_same_settings(tmp_path):
 def test_skip_counts_of_every_rank_are_logged(tmp_path):
     from PIL import Image
 
-    from updetr_lite.engine.train import merge_skip_reports
+    from updetr_lite.engine.loop import merge_skip_reports
 
     a = {"too_small": 1, "unreadable": 0, "files": ["a"]}
     b = {"too_small": 2, "unreadable": 1, "files": ["b", "c"]}

@@ -19,6 +19,7 @@ Where each part of the paper lives (module: symbol):
   Query patch dropout 10 % (Sec. 3.2.2)                models/updetr.py: UPDETR(patch_dropout=)
   Pre-training -> fine-tuning init (Sec. 4)            models/weights.py: init_detr_from_pretext
   Training loop of both stages                         engine/train.py: train
+    one optimizer step (engine, bench, demo)           engine/step.py: train_step
   COCO AP (Tables 1-4, Figures 1, 3, 4)                engine/evaluate.py: evaluate
   Unsupervised localization of patches (Fig. 5)        engine/inference.py: localize_patches;
                                                          models/updetr.py: localize

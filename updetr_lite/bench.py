@@ -134,7 +134,12 @@ def _time_steps(step, steps: int, warmup: int, device: torch.device, repeats: in
 
 
 def _train_step(model, criterion, optimizer, tc, device, make_inputs):
-    """One optimizer step as the engine runs it -> (seconds, seconds of forward + loss)."""
+    """One optimizer step as the engine runs it (``engine.step.train_step``) -> (seconds,
+    seconds of forward + loss)."""
+    from functools import partial
+
+    from .engine.step import train_step
+
     params = [p for p in model.parameters() if p.requires_grad]
     amp = amp_enabled(tc.amp, device, "amp")  # bf16 only where fast, as the engine
 
@@ -142,18 +147,26 @@ def _train_step(model, criterion, optimizer, tc, device, make_inputs):
         args, targets = make_inputs()
         _sync(device)
         t = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            outputs = model(*args)
-        losses = criterion(outputs, targets)
+        marks = []
+
+        def forward_done():
+            _sync(device)
+            marks.append(time.perf_counter())
+
+        train_step(
+            partial(model, *args),
+            targets,
+            criterion,
+            optimizer,
+            params,
+            tc.clip_max_norm,
+            device,
+            amp,
+            where="bench step",
+            on_losses=forward_done,
+        )
         _sync(device)
-        forward = time.perf_counter() - t
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        if tc.clip_max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, tc.clip_max_norm, foreach=True)
-        optimizer.step()
-        _sync(device)
-        return time.perf_counter() - t, forward
+        return time.perf_counter() - t, marks[0] - t
 
     return step
 

@@ -198,9 +198,11 @@ def train_demo_checkpoint(
     each step takes one image, ``batch_size`` sets of M random patches in it.
     Returns {"path", "losses" (per step), "seconds"}."""
     import time
+    from functools import partial
 
     from tqdm.auto import tqdm
 
+    from .engine.step import train_step
     from .models import build_criterion, build_updetr
 
     if cfg.pretext.patch_feature != "roi":
@@ -236,7 +238,7 @@ def train_demo_checkpoint(
     opt = torch.optim.AdamW(params, lr=cfg.pretrain.lr, weight_decay=cfg.pretrain.weight_decay)
     model.train()
     losses, t0 = [], time.time()
-    m_patches = cfg.pretext.num_patches
+    m_patches, cpu = cfg.pretext.num_patches, torch.device("cpu")
     bar = tqdm(range(steps), desc="pre-training the demo checkpoint", disable=not progress)
     for step in bar:
         views = cache[step % len(cache)]
@@ -256,17 +258,17 @@ def train_demo_checkpoint(
             ]
         )
         feats = features.expand(batch_size, -1, -1, -1)
-        out = model.forward_features(feats, fmask.expand(batch_size, -1, -1), patch_feature=pf)
         targets = [
             {"boxes": bx, "labels": torch.ones(m_patches, dtype=torch.int64)} for bx in boxes
         ]
-        loss = criterion(out, targets)["loss"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.pretrain.clip_max_norm > 0:
-            torch.nn.utils.clip_grad_norm_(params, cfg.pretrain.clip_max_norm)
-        opt.step()
-        losses.append(loss.item())
+        forward = partial(
+            model.forward_features, feats, fmask.expand(batch_size, -1, -1), patch_feature=pf
+        )
+        where = f"demo checkpoint step {step + 1}"
+        values = train_step(
+            forward, targets, criterion, opt, params, cfg.pretrain.clip_max_norm, cpu, where=where
+        )
+        losses.append(values["loss"])
         if step % 10 == 0:
             bar.set_postfix(loss=f"{np.mean(losses[-10:]):.3f}")
     model.eval()

@@ -95,7 +95,9 @@ def run_one(args, pipeline: str, compile_backend: str | None = None) -> dict:
 
     _stub_pycocotools()
     from .engine import distributed as du
-    from .engine.train import StepModel, build_data, compute_losses, prepare_model
+    from .engine.step import StepModel, compute_losses
+    from .engine.train import prepare_model
+    from .engine.train_data import build_data
 
     device = torch.device(args.device)
     info = du.init_distributed(device)

@@ -18,10 +18,14 @@ second the size and modification time of every image and annotation file, so edi
 or replaced images (same count) build a new cache; the old one of the same settings is
 removed and the rebuild is said. The images skipped while a cache was built are stored with
 it and reported again whenever it is reused.
+
+``cached_sets`` is what the training engine calls: it swaps the datasets of a stage for
+their cached counterparts (building or reusing the cache files) and says how to load them.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import os
@@ -33,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import distributed as du
 from .checkpoint import CheckpointWriteError, atomic_save
+from .seeding import SeededDataset
 
 
 class FeatureCacheError(ValueError):
@@ -256,3 +261,137 @@ def feature_loader(dataset, collate, batch_size: int, num_workers: int) -> DataL
     return DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers
     )
+
+
+# --------------------------------------------------------------------------- the engine's view
+
+
+@dataclasses.dataclass
+class CachedSets:
+    train: Dataset
+    val: Dataset | None  # finetune only
+    collate: object
+    extractor: FeatureExtractor | None  # the CNN still runs per step ('crop' patches)
+    in_memory: bool  # nothing left for loader workers to do but copy the maps
+
+
+def cached_sets(cfg, stage, model, device, train_set, val_set, progress, skips) -> CachedSets:
+    """The stage's datasets on cached CNN maps (the cache files built on first use).
+    Appends (what, skip report) of each cache to ``skips``."""
+    extractor = FeatureExtractor(model.backbone, device)
+    ident = (extractor.weights_hash, cfg.model.backbone, cfg.model.backbone_layer)
+    ident += (data_identity(cfg.data),)
+    if stage == "finetune":
+        train = _cached_detection(cfg, extractor, train_set, ident, "train", progress, skips)
+        val = _cached_detection(cfg, extractor, val_set, ident, "val", progress, skips, False)
+        return CachedSets(train, val, collate_cached_detection, extractor, True)
+    train = _cached_pretext(cfg, extractor, train_set, ident, progress, skips)
+    if cfg.pretext.patch_feature == "roi":
+        extractor = None  # no CNN per step
+    return CachedSets(train, None, collate_cached_pretext, extractor, extractor is None)
+
+
+def _eval_view(dataset, cfg):
+    """The same images with the eval transforms (no augmentation), for the feature cache."""
+    from ..data.transforms import detection_transforms
+
+    if not hasattr(dataset, "transforms"):
+        raise FeatureCacheError(
+            "cache_features: the detection dataset exposes no transforms to replace"
+        )
+    view = copy.copy(dataset)
+    view.transforms = detection_transforms(cfg.data, train=False)
+    return view
+
+
+def _source_files(dataset) -> list:
+    """The image and annotation files a dataset reads (what its feature cache depends on)."""
+    files = getattr(dataset, "source_files", None)
+    if files is None:
+        raise FeatureCacheError("cache_features: the dataset does not list its files")
+    return files()
+
+
+def _cached_with_skips(path: Path, compute, dataset, what: str, skips: list) -> dict:
+    """``cached(path, compute)`` storing the skip report of ``dataset`` taken right after
+    ``compute`` with the cache; a reused cache's stored report is said again. Appends
+    (what, report) to ``skips`` when the report is not empty."""
+
+    def run():
+        value = compute()
+        return value | {"skips": getattr(dataset, "report_skips", lambda: {})()}
+
+    built = not path.is_file()
+    data = cached(path, run)
+    report = data.get("skips") or {}
+    if report:
+        skips.append((what, report))
+    counts = {k: v for k, v in report.items() if k != "files" and v}
+    if not built and counts:
+        print(
+            f"[updetr-lite] feature cache {path.name} (reused): built without {counts} "
+            f"skipped images ({', '.join(report['files'])})"
+        )
+    return data
+
+
+def _cached_detection(cfg, extractor, dataset, ident, split, progress, skips, eval_view=True):
+    from ..data.collate import collate_detection
+
+    view = _eval_view(dataset, cfg) if eval_view else dataset
+    key = cache_key("detection", split, len(view), ident)
+    path = content_cache_path(cfg.data.cache_dir, key, _source_files(dataset))
+
+    def compute():
+        loader = feature_loader(view, collate_detection, 16, cfg.data.num_workers)
+        maps, targets = compute_maps(extractor, loader, f"CNN features ({split})", progress)
+        return {"maps": maps, "targets": targets}
+
+    data = _cached_with_skips(path, compute, dataset, f"feature cache ({split})", skips)
+    ds = CachedDetection(data["maps"], data["targets"])
+    if hasattr(dataset, "coco"):
+        ds.coco = dataset.coco
+    return ds
+
+
+class _PretextImages(Dataset):
+    """The pretext dataset's images only, each drawn once with a fixed seed (one view per
+    image for the cache), with the size the query patch boxes are drawn on."""
+
+    def __init__(self, dataset, seed: int):
+        if hasattr(dataset, "augment_patches"):  # the crops are discarded: skip their jitter
+            dataset = copy.copy(dataset)
+            dataset.augment_patches = False
+        self.seeded = SeededDataset(dataset, seed)
+        self.seeded.epoch = 2**31 - 1  # never a training epoch
+
+    def __len__(self):
+        return len(self.seeded)
+
+    def __getitem__(self, i):
+        image, target = self.seeded[i][:2]
+        size = target.get("orig_size", torch.tensor(image.shape[-2:]))
+        return image, tuple(int(x) for x in size)
+
+
+def _collate_images(batch):
+    from ..data.collate import pad_images
+
+    images, mask = pad_images([b[0] for b in batch])
+    return images, mask, [b[1] for b in batch]
+
+
+def _cached_pretext(cfg, extractor, dataset, ident, progress, skips):
+    view = _PretextImages(dataset, cfg.pretrain.seed)
+    key = cache_key("pretext", len(view), ident)
+    path = content_cache_path(cfg.data.cache_dir, key, _source_files(dataset))
+
+    def compute():
+        loader = feature_loader(view, _collate_images, 16, cfg.data.num_workers)
+        maps, sizes = compute_maps(extractor, loader, "CNN features (pretext)", progress)
+        return {"maps": maps, "sizes": sizes}
+
+    data = _cached_with_skips(path, compute, dataset, "feature cache (pretext)", skips)
+    if cfg.pretext.patch_feature == "roi":
+        return CachedPretextRoi(data["maps"], data["sizes"], dataset.sample_boxes)
+    return CachedPretextCrop(data["maps"], dataset)
