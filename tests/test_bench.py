@@ -58,8 +58,9 @@ def test_cpu_model_from_proc_cpuinfo():
 def test_bench_bad_steps_one_line(capsys):
     code = main(["bench", "--preset", "smoke", "--steps", "0", "--no-data"])
     err = capsys.readouterr().err
-    assert code == 1 and len(err.strip().splitlines()) == 1
-    assert err.startswith("updetr-lite: error: bench: steps must be >= 1")
+    # a usage error (exit 2), refused by the parser before any model is built
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith("updetr-lite: error: argument --steps: must be an integer >= 1")
 
 
 def test_bench_data_on_made_jpegs_compares_decoders(tmp_path, capsys):
