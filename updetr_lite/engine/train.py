@@ -55,6 +55,7 @@ from . import features as ft
 from .checkpoint import (
     atomic_save,
     check_kind,
+    check_settings,
     load_checkpoint,
     model_state,
     rng_state,
@@ -503,14 +504,26 @@ def prepare_model(cfg: Config, stage: str):
     return model, criterion, trainable_cnn
 
 
-def _init_from_pretext(model, init, log: JsonLog) -> dict:
+def _init_from_pretext(model, cfg: Config, init, log: JsonLog) -> dict:
     from ..models import init_detr_from_pretext
 
     ckpt = load_checkpoint(init)
     check_kind(ckpt, "pretext", None, init)
+    check_settings(ckpt, cfg.model, init)
     report = init_detr_from_pretext(model, model_state(ckpt))
     log.write({"type": "init", "init": str(init), **report})
     return report
+
+
+def _report_cnn_weights(model, log: JsonLog, main: bool) -> None:
+    """Print the CNN weight-load report (models.weights.LoadReport) and log it as a
+    ``{"type": "cnn_weights", path, format, loaded, ignored}`` record (counts per reason)."""
+    report = getattr(model.backbone[0], "weights_report", None)
+    if report is None:
+        return
+    if main:
+        print(f"[updetr-lite] CNN weights: {report}")
+    log.write({"type": "cnn_weights"} | report.summary())
 
 
 def _epoch_record(epoch, step, sums, count):
@@ -631,11 +644,12 @@ def _train(cfg, stage, tc, out, init, resume, device, info, last_every_steps, pr
     log = JsonLog(out / "log.jsonl", main, ckpt["log_records"] if ckpt else None)
 
     model, criterion, trainable_cnn = prepare_model(cfg, stage)
+    _report_cnn_weights(model, log, main)
     if tc.cache_features:
         ft.check_cacheable(trainable_cnn, stage)  # before any data is built
     init_report = None
     if init is not None and ckpt is None:
-        init_report = _init_from_pretext(model, init, log)
+        init_report = _init_from_pretext(model, cfg, init, log)
     model.to(device)
     criterion.to(device)
 
