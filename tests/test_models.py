@@ -404,3 +404,36 @@ def test_forward_features_equals_forward():
         assert torch.equal(x["pred_logits"], y["pred_logits"])
         assert torch.equal(x["pred_boxes"], y["pred_boxes"])
     assert a["pred_boxes"].min() >= 0 and a["pred_boxes"].max() <= 1
+
+
+def test_aux_outputs_are_the_earlier_decoder_layers_in_order():
+    """aux_outputs[i] = the heads on decoder layer i's output (i = 0..L-2), the main output the
+    last layer's; computed here from the transformer's hs by hand."""
+    cfg = get_config("smoke", ["model.dec_layers=3"])
+    torch.manual_seed(0)
+    detr, updetr = build_detr(cfg).eval(), build_updetr(cfg).eval()
+    images = torch.randn(2, 3, 64, 64)
+    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
+    boxes = torch.tensor([[[0.5, 0.4, 0.3, 0.3], [0.3, 0.2, 0.2, 0.3]]]).repeat(2, 1, 1)
+    for model, run in (
+        (detr, lambda: detr(images, mask)),
+        (updetr, lambda: updetr(images, mask, None, boxes)),
+    ):
+        captured = []
+        hook = model.transformer.register_forward_hook(lambda m, i, o: captured.append(o[0]))
+        with torch.no_grad():
+            out = run()
+        hook.remove()
+        (hs,) = captured
+        assert hs.shape[0] == 3 and len(out["aux_outputs"]) == 2
+        layers = out["aux_outputs"] + [out]
+        for i, layer in enumerate(layers):
+            with torch.no_grad():
+                logits = model.class_embed(hs[i])
+                pred = model.bbox_embed(hs[i]).sigmoid()
+            assert torch.allclose(layer["pred_logits"], logits, atol=1e-6), i
+            assert torch.allclose(layer["pred_boxes"], pred, atol=1e-6), i
+        # the layers differ, so a shifted list could not pass
+        assert not torch.allclose(layers[0]["pred_logits"], layers[1]["pred_logits"])
+    # the smoke preset itself has auxiliary outputs (engine, resume and inference tests see them)
+    assert get_config("smoke").model.dec_layers >= 2 and get_config("smoke").model.aux_loss
