@@ -420,7 +420,7 @@ def test_aux_outputs_are_the_earlier_decoder_layers_in_order():
         (updetr, lambda: updetr(images, mask, None, boxes)),
     ):
         captured = []
-        hook = model.transformer.register_forward_hook(lambda m, i, o: captured.append(o[0]))
+        hook = model.transformer.register_forward_hook(lambda m, i, o, c=captured: c.append(o[0]))
         with torch.no_grad():
             out = run()
         hook.remove()
