@@ -7,7 +7,9 @@
   loss, class_error, lr, lr_backbone, images_per_s}`` every ``log_every`` steps (averaged
   over those steps and over processes; terms are the criterion's weighted terms), ``{"type": "eval", step, epoch, AP, AP50, AP75, APs, APm, APl}`` after each
   evaluation, ``{"type": "epoch", ...}`` per-epoch loss means, ``{"type": "init", ...}`` the
-  pretext -> detector key report, ``{"type": "skips", ...}`` the pretext dataset's skip counts,
+  pretext -> detector key report, ``{"type": "cnn_weights", path, format, loaded, ignored}``
+  the CNN weight-load report (also printed) when model.backbone_weights is set,
+  ``{"type": "skips", ...}`` the pretext dataset's skip counts,
   ``{"type": "plan", steps_per_epoch, images_per_epoch, epochs, max_steps, planned_steps}``
   first and ``{"type": "end", steps, planned_steps, epochs_trained, images_seen, stopped_by}``
   last (what was trained against what was set);
@@ -515,15 +517,17 @@ def _init_from_pretext(model, cfg: Config, init, log: JsonLog) -> dict:
     return report
 
 
-def _report_cnn_weights(model, log: JsonLog, main: bool) -> None:
-    """Print the CNN weight-load report (models.weights.LoadReport) and log it as a
-    ``{"type": "cnn_weights", path, format, loaded, ignored}`` record (counts per reason)."""
+def _report_cnn_weights(model, log: JsonLog | None, main: bool) -> None:
+    """Print the CNN weight-load report (models.weights.LoadReport) and, unless ``log`` is
+    None, log it as ``{"type": "cnn_weights", path, format, loaded, ignored}`` (ignored:
+    counts per reason)."""
     report = getattr(model.backbone[0], "weights_report", None)
     if report is None:
         return
     if main:
         print(f"[updetr-lite] CNN weights: {report}")
-    log.write({"type": "cnn_weights"} | report.summary())
+    if log is not None:
+        log.write({"type": "cnn_weights"} | report.summary())
 
 
 def _epoch_record(epoch, step, sums, count):
@@ -644,7 +648,7 @@ def _train(cfg, stage, tc, out, init, resume, device, info, last_every_steps, pr
     log = JsonLog(out / "log.jsonl", main, ckpt["log_records"] if ckpt else None)
 
     model, criterion, trainable_cnn = prepare_model(cfg, stage)
-    _report_cnn_weights(model, log, main)
+    _report_cnn_weights(model, None if ckpt else log, main)  # a resumed log has it already
     if tc.cache_features:
         ft.check_cacheable(trainable_cnn, stage)  # before any data is built
     init_report = None
