@@ -479,3 +479,18 @@ def test_aux_outputs_are_the_earlier_decoder_layers_in_order():
         assert not torch.allclose(layers[0]["pred_logits"], layers[1]["pred_logits"])
     # the smoke preset itself has auxiliary outputs (engine, resume and inference tests see them)
     assert get_config("smoke").model.dec_layers >= 2 and get_config("smoke").model.aux_loss
+
+
+def test_box_head_is_a_relu_mlp():
+    """DETR's box head: Linear, ReLU, Linear, ReLU, Linear (d, d, 4), written out here."""
+    from updetr_lite.models import MLP
+
+    torch.manual_seed(0)
+    mlp = MLP(6, 5, 4, 3)
+    x = torch.randn(7, 6)
+    a, b, c = mlp.layers
+    want = c(F.relu(b(F.relu(a(x)))))
+    assert torch.allclose(mlp(x), want, atol=1e-6)
+    assert not torch.allclose(want, c(b(a(x))), atol=1e-3)  # the ReLUs matter for this x
+    detr = build_detr(get_config("smoke"))
+    assert [tuple(lin.weight.shape) for lin in detr.bbox_embed.layers] == [(32, 32)] * 2 + [(4, 32)]
