@@ -210,7 +210,10 @@ def test_resume_across_lr_drop_restores_scheduler_and_optimizer(tmp_path):
     assert stopped["steps"] == 6
     ck = load_checkpoint(run / "last.pth")
     assert ck["epoch"] == 1 and ck["batches_done"] == 2 and ck["scheduler"]["last_epoch"] == 1
+    with open(run / "log.jsonl", "a") as f:  # what a killed run logs after its checkpoint
+        f.write(json.dumps({"type": "train", "step": 99}) + "\n")
     train(get_config("smoke", base), "finetune", run, resume=True, progress=False)
+    assert all(r.get("step") != 99 for r in _records(run))  # dropped on resume
     want, got = load_checkpoint(ref / "last.pth"), load_checkpoint(run / "last.pth")
     assert want["step"] == got["step"] == 12
     lr = get_config("smoke").finetune.lr
