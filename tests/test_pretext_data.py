@@ -240,11 +240,10 @@ def test_skips_in_loader_workers_reach_the_report(tmp_path):
 
 
 def test_sample_boxes_normalise_by_width_and_height(tmp_path):
-    """A non-square image (h 40, w 96): the normalised boxes of the dataset's own sampler (used
-    by the cached-RoI path) and of the engine's fallback sampler are the pixel boxes divided by
-    (w, h, w, h), written out here; both stay inside the image."""
+    """A non-square image (h 40, w 96): the normalised boxes of the dataset's sampler (used by
+    the cached-RoI path) are the pixel boxes divided by (w, h, w, h), written out here, and
+    stay inside the image."""
     from updetr_lite.engine.features import CachedPretextRoi
-    from updetr_lite.engine.train import _box_sampler
 
     h, w = 40, 96
     Image.fromarray(_structured(h, w)).save(tmp_path / "img.png")
@@ -258,15 +257,13 @@ def test_sample_boxes_normalise_by_width_and_height(tmp_path):
     # the cached-RoI dataset hands the sampler (h, w) in that order
     roi = CachedPretextRoi([torch.zeros(4, 3, 7)], [(h, w)], ds.sample_boxes)
     torch.manual_seed(0)
-    fallback = CachedPretextRoi([torch.zeros(4, 3, 7)], [(h, w)], _box_sampler(object(), cfg))
-    for sampler in (roi, fallback):
-        for _ in range(20):
-            boxes = sampler[0][1]["boxes"]
-            xyxy = box_convert(boxes, "cxcywh", "xyxy") * torch.tensor([w, h, w, h])
-            assert boxes.shape == (6, 4)
-            assert (xyxy >= -1e-4).all() and (xyxy[:, 2] <= w + 1e-4).all()
-            assert (xyxy[:, 3] <= h + 1e-4).all()
-            sides = xyxy[:, 2:] - xyxy[:, :2]
-            assert torch.allclose(sides, sides.round(), atol=1e-3)  # whole pixels
-            assert (sides >= 8 - 1e-3).all() and (sides[:, 0] <= w - 8 + 1e-3).all()
-            assert (sides[:, 1] <= h - 8 + 1e-3).all()
+    for _ in range(20):
+        boxes = roi[0][1]["boxes"]
+        xyxy = box_convert(boxes, "cxcywh", "xyxy") * torch.tensor([w, h, w, h])
+        assert boxes.shape == (6, 4)
+        assert (xyxy >= -1e-4).all() and (xyxy[:, 2] <= w + 1e-4).all()
+        assert (xyxy[:, 3] <= h + 1e-4).all()
+        sides = xyxy[:, 2:] - xyxy[:, :2]
+        assert torch.allclose(sides, sides.round(), atol=1e-3)  # whole pixels
+        assert (sides >= 8 - 1e-3).all() and (sides[:, 0] <= w - 8 + 1e-3).all()
+        assert (sides[:, 1] <= h - 8 + 1e-3).all()
