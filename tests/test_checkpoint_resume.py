@@ -165,3 +165,65 @@ def test_wrong_kind_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="holds a detection model, but a pretext"):
         atomic_save(det, tmp_path / "det.pth")
         train(cfg, "finetune", tmp_path / "run2", init=tmp_path / "det.pth", progress=False)
+
+
+def test_item_seed_depends_on_seed_epoch_and_index():
+    """SeededDataset: item i of epoch e draws the same numbers every time, other numbers in
+    another epoch, for another index or another seed; the caller's RNG is left alone."""
+    from updetr_lite.engine.train import SeededDataset
+
+    class Draws(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.rand(3)
+
+    def draw(seed, epoch, i):
+        ds = SeededDataset(Draws(), seed)
+        ds.epoch = epoch
+        return ds[i]
+
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    assert torch.equal(draw(1, 0, 2), draw(1, 0, 2))
+    assert torch.equal(torch.get_rng_state(), state)
+    base = draw(1, 0, 2)
+    for other in (draw(1, 1, 2), draw(1, 0, 3), draw(2, 0, 2)):
+        assert not torch.equal(base, other)
+
+
+def test_resume_across_lr_drop_restores_scheduler_and_optimizer(tmp_path):
+    """Stopped mid-epoch 1 before the lr drop (lr_drop=2), resumed: the drop comes at the end
+    of epoch 1 as in the uninterrupted run; scheduler, optimizer (lr, moments) and weights equal."""
+    base = [
+        f"data.cache_dir={str(tmp_path / 'cache')!r}",
+        "finetune.epochs=3",
+        "finetune.lr_drop=2",
+        "finetune.eval_every=100",
+    ]
+    ref = tmp_path / "ref"
+    train(get_config("smoke", base), "finetune", ref, progress=False)
+    run = tmp_path / "run"
+    stopped = train(get_config("smoke", base + ["finetune.max_steps=6"]), "finetune", run,
+                    progress=False)  # fmt: skip
+    assert stopped["steps"] == 6
+    ck = load_checkpoint(run / "last.pth")
+    assert ck["epoch"] == 1 and ck["batches_done"] == 2 and ck["scheduler"]["last_epoch"] == 1
+    with open(run / "log.jsonl", "a") as f:  # what a killed run logs after its checkpoint
+        f.write(json.dumps({"type": "train", "step": 99}) + "\n")
+    train(get_config("smoke", base), "finetune", run, resume=True, progress=False)
+    assert all(r.get("step") != 99 for r in _records(run))  # dropped on resume
+    want, got = load_checkpoint(ref / "last.pth"), load_checkpoint(run / "last.pth")
+    assert want["step"] == got["step"] == 12
+    lr = get_config("smoke").finetune.lr
+    assert want["scheduler"]["last_epoch"] == 3
+    assert want["scheduler"]["_last_lr"] == pytest.approx([lr * 0.1])  # the drop happened
+    assert got["scheduler"] == want["scheduler"]
+    assert got["optimizer"]["param_groups"] == want["optimizer"]["param_groups"]
+    for key, moments in want["optimizer"]["state"].items():
+        for name, value in moments.items():
+            assert torch.allclose(got["optimizer"]["state"][key][name], value, rtol=1e-5,
+                                  atol=1e-8), (key, name)  # fmt: skip
+    for key, value in want["model"].items():
+        assert torch.allclose(got["model"][key], value, rtol=1e-5, atol=1e-7), key

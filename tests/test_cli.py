@@ -169,3 +169,97 @@ def test_notebooks_rejects_options_it_does_not_use(option, capsys):
     code, _, err = run(["notebooks", "--only", "01", *option], capsys)
     assert code == 2
     assert option[0] in err
+
+
+# the authors' UP-DETR key names for this kit's pretext-only layers
+AUTHORS = {
+    "patch_proj.": "patch2query.",
+    "reconstruction_head.0.": "feature_align.layers.0.",
+    "reconstruction_head.2.": "feature_align.layers.1.",
+}
+
+
+@pytest.fixture(scope="module")
+def authors_file(tmp_path_factory):
+    """A pre-training checkpoint as the authors' release saves it: {'model', 'args', ...} with
+    patch2query.* / feature_align.layers.*, plus a torchvision ResNet-18 file for the CNN."""
+    import argparse
+
+    import torchvision
+    from torchvision.ops import FrozenBatchNorm2d
+
+    d = tmp_path_factory.mktemp("authors")
+    cfg = get_config("smoke")
+    torch.manual_seed(0)
+    state = {}
+    for key, value in build_updetr(cfg).state_dict().items():
+        for ours, theirs in AUTHORS.items():
+            if key.startswith(ours):
+                key = theirs + key[len(ours) :]
+        state[key] = value
+    m = cfg.model
+    args = argparse.Namespace(
+        backbone=m.backbone, hidden_dim=m.hidden_dim, nheads=m.nheads, enc_layers=m.enc_layers,
+        dec_layers=m.dec_layers, dim_feedforward=m.dim_feedforward, pre_norm=m.pre_norm,
+        num_queries=m.num_queries, num_patches=cfg.pretext.num_patches, lr=1e-4,
+    )  # fmt: skip
+    torch.save({"model": state, "args": args, "epoch": 59, "optimizer": {}}, d / "updetr.pth")
+    cnn = torchvision.models.resnet18(weights=None, norm_layer=FrozenBatchNorm2d).state_dict()
+    torch.save(cnn, d / "resnet18.pth")
+    return {"dir": d, "ckpt": d / "updetr.pth", "state": state, "cnn": cnn}
+
+
+def _finetune_argv(files, out, *sets):
+    return ["finetune", "--preset", "smoke", "--init", str(files["ckpt"]), "--out", str(out)] + [
+        x
+        for s in (
+            f"data.cache_dir={str(files['dir'] / 'cache')!r}",
+            f"model.backbone_weights={str(files['dir'] / 'resnet18.pth')!r}",
+            "finetune.epochs=1",
+            "finetune.max_steps=1",
+            *sets,
+        )
+        for x in ("--set", s)
+    ]
+
+
+def test_finetune_init_from_authors_checkpoint(authors_file, tmp_path, capsys):
+    """The authors' release fine-tunes from the CLI: classed as pretext, exactly the class head
+    and the two pretext-only layers dropped, every other tensor loaded; the CNN load report is
+    printed and logged. lr 0: the saved model must be the file's tensors exactly."""
+    out = tmp_path / "ft"
+    code, stdout, err = run(_finetune_argv(authors_file, out, "finetune.lr=0.0"), capsys)
+    assert code == 0, err
+    state = authors_file["state"]
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    (init,) = [r for r in records if r["type"] == "init"]
+    assert init["dropped"] == sorted(
+        k for k in state if k.startswith(("class_embed.", "patch2query.", "feature_align."))
+    )
+    assert len(init["dropped"]) == 2 + 2 + 4 and init["new"] == [
+        "class_embed.bias",
+        "class_embed.weight",
+    ]
+    saved = torch.load(out / "last.pth", weights_only=False)["model"]
+    kept = {k: v for k, v in state.items() if k not in init["dropped"]}
+    assert set(saved) - set(kept) == {"class_embed.weight", "class_embed.bias"}
+    for key, value in kept.items():
+        assert torch.equal(saved[key], value), key
+    # the CNN report, counted from the ResNet-18 file (smoke stops at layer3)
+    cnn = authors_file["cnn"]
+    after = [k for k in cnn if k.startswith("layer4.")]
+    fc = [k for k in cnn if k.startswith("fc.")]
+    (rec,) = [r for r in records if r["type"] == "cnn_weights"]
+    assert rec["format"] == "torchvision" and rec["loaded"] == len(cnn) - len(after) - len(fc)
+    assert rec["ignored"] == {"after layer3": len(after), "classifier (fc)": len(fc)}
+    assert f"CNN weights: {rec['path']} (torchvision format): {rec['loaded']} tensors loaded" in (
+        stdout
+    )
+
+
+def test_finetune_init_settings_mismatch_is_named(authors_file, tmp_path, capsys):
+    """Fine-tuning with settings other than the file's: a one-line error naming the setting,
+    not a silent dropped-keys line."""
+    code, _, err = run(_finetune_argv(authors_file, tmp_path / "a", "model.pre_norm=False"), capsys)
+    _check_one_line_error(code, err, "model.pre_norm=False here, True in the file")
+    assert not (tmp_path / "a" / "last.pth").exists()

@@ -66,6 +66,49 @@ def test_training_transforms_keep_boxes_on_their_pixels():
     assert len(sizes) > 5 and lost < 20  # many scales/crops seen, most boxes kept
 
 
+def test_training_transforms_flip_half_the_time():
+    """A red box at the left edge ends up on the right in about half of the samples (DETR's
+    horizontal flip, p = 0.5); crops and rescales alone never move it across."""
+    tf = detection_transforms(_data_cfg(), train=True)
+    h, w = 120, 170
+    img = torch.zeros(3, h, w, dtype=torch.uint8)
+    img[0, 40:80, 0:30] = 255
+    flipped = 0
+    for seed in range(60):
+        target = {"boxes": to_target_boxes(torch.tensor([[0, 40, 30, 80]]), h, w),
+                  "labels": torch.tensor([7])}  # fmt: skip
+        torch.manual_seed(seed)
+        out, t = tf(img, target)
+        if len(t["boxes"]):
+            cx = t["boxes"][0, 0].item()
+            assert cx < 0.35 or cx > 0.65, cx  # at one edge or the other
+            flipped += cx > 0.5
+    assert 15 <= flipped <= 45, flipped
+
+
+def test_random_size_crop_position_uniform_on_each_side():
+    """DETR's RandomSizeCrop on a wide image (40 x 200): the offsets are uniform over each
+    side's own slack (left over w - cw, top over h - ch)."""
+    from torchvision import tv_tensors
+
+    from updetr_lite.data.transforms import RandomSizeCrop
+
+    crop = RandomSizeCrop(20, 60)
+    h, w = 40, 200
+    image = [tv_tensors.Image(torch.zeros(3, h, w))]
+    torch.manual_seed(0)
+    left, top = [], []
+    for _ in range(2000):
+        p = crop.make_params(image)
+        assert 20 <= p["width"] <= 60 and 20 <= p["height"] <= 40
+        assert 0 <= p["left"] <= w - p["width"] and 0 <= p["top"] <= h - p["height"]
+        left.append(p["left"] / (w - p["width"]))
+        if p["height"] < h:
+            top.append(p["top"] / (h - p["height"]))
+    for frac in (left, top):
+        assert abs(np.mean(frac) - 0.5) < 0.05 and max(frac) > 0.9, np.mean(frac)
+
+
 def test_eval_transform_resizes_shortest_side_and_keeps_boxes():
     d = _data_cfg()
     tf = detection_transforms(d, train=False)

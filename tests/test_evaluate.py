@@ -134,3 +134,25 @@ def test_perfect_detections_score_one_and_empty_is_zero():
     got = evaluate(TableModel(logits, boxes), _loader(sizes, 3), coco)
     assert got["AP"] == pytest.approx(1.0) and got["AP50"] == pytest.approx(1.0)
     assert evaluate(TableModel(logits, boxes), [], coco) == dict.fromkeys(METRICS, 0.0)
+
+
+def test_low_score_true_positives_are_kept(tmp_path):
+    """DETR keeps every query as a detection: true positives scored 0.003 (the no-object class
+    dominates) still rank above the strays (~5e-5) and give AP 1, as pycocotools says directly."""
+    rng = np.random.default_rng(2)
+    sizes = [(50, 70), (80, 60)]
+    coco = _coco_gt(rng, sizes)
+    logits = torch.full((len(sizes), N, NUM_CLASSES + 1), 0.0)
+    logits[..., -1] = 10.0  # every query mostly no-object
+    boxes = torch.full((len(sizes), N, 4), 0.01)
+    for i, (h, w) in enumerate(sizes):
+        for q, ann in enumerate(coco.imgToAnns[100 + i]):
+            x, y, bw, bh = ann["bbox"]
+            boxes[i, q] = torch.tensor([(x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h])
+            logits[i, q, ann["category_id"]] = 4.2
+    scores = logits.softmax(-1)[..., :-1].max(-1).values
+    assert scores.max() < 0.004  # all low
+    got = evaluate(TableModel(logits, boxes), _loader(sizes, 2), coco)
+    want = _direct(coco, logits, boxes, sizes, tmp_path)
+    assert got["AP"] == pytest.approx(1.0) and want[0] == pytest.approx(1.0)
+    np.testing.assert_allclose([got[k] for k in METRICS], want, atol=1e-9)

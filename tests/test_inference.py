@@ -119,6 +119,11 @@ def test_k_less_than_m_uses_first_groups(files):
     both = localize_patches(model, cfg, files["array"], boxes=[box, [30, 10, 68, 48]])
     assert both[0]["box"] == pytest.approx(res[0]["box"], abs=1e-4)
     assert both[0]["score"] == pytest.approx(res[0]["score"], abs=1e-6)
+    # the contrast (smoke has 2 decoder layers): without the mask, patch 1 does change it
+    assert cfg.model.dec_layers >= 2
+    model.attention_mask = False
+    unmasked = localize_patches(model, cfg, files["array"], boxes=[box, [30, 10, 68, 48]])
+    assert unmasked[0]["box"] != pytest.approx(res[0]["box"], abs=1e-4)
 
 
 def test_localize_errors(files):

@@ -32,11 +32,12 @@ def pair_cost(logits, box, label, tbox, wc=1.0, wb=5.0, wg=2.0):
     return -wc * prob + wb * l1 - wg * g
 
 
-def brute_force(logits, boxes, labels, tboxes):
+def brute_force(logits, boxes, labels, tboxes, weights=(1.0, 5.0, 2.0)):
     """Minimum total cost over every injective map targets -> predictions."""
     n, t = len(boxes), len(tboxes)
     cost = [
-        [pair_cost(logits[i], boxes[i], labels[j], tboxes[j]) for j in range(t)] for i in range(n)
+        [pair_cost(logits[i], boxes[i], labels[j], tboxes[j], *weights) for j in range(t)]
+        for i in range(n)
     ]
     best = math.inf
     for preds in itertools.permutations(range(n), t):
@@ -215,3 +216,35 @@ def test_pretext_criterion_balance_and_empty_targets():
     assert losses["loss_bbox"].item() == 0 and losses["loss_giou"].item() == 0
     expected = -torch.log_softmax(outputs["pred_logits"], -1)[..., -1].mean()
     assert losses["loss_ce"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_criterion_matcher_uses_each_cost_weight_for_its_own_term():
+    """The matcher that build_criterion makes, checked term by term: with one cost weight
+    non-zero at a time, and with three distinct weights, its assignment has the brute-force
+    minimum cost under exactly those weights (a swapped cost_bbox / cost_giou fails)."""
+    g = torch.Generator().manual_seed(6)
+    problems = [random_problem(g, 2, 6, 4, [3, 4]) for _ in range(3)]
+    cases = {"class": (1.0, 0.0, 0.0), "bbox": (0.0, 1.0, 0.0), "giou": (0.0, 0.0, 1.0)}
+    cases["all"] = (1.5, 3.0, 0.7)
+    chosen = {}
+    for name, (wc, wb, wg) in cases.items():
+        cfg = get_config(
+            "smoke", [f"loss.cost_class={wc}", f"loss.cost_bbox={wb}", f"loss.cost_giou={wg}"]
+        )
+        matcher = build_criterion(cfg, pretext=False).matcher
+        chosen[name] = []
+        for outputs, targets in problems:
+            for b, (pred_idx, tgt_idx) in enumerate(matcher(outputs, targets)):
+                t = targets[b]
+                best, cost = brute_force(
+                    outputs["pred_logits"][b],
+                    outputs["pred_boxes"][b],
+                    t["labels"],
+                    t["boxes"],
+                    (wc, wb, wg),
+                )
+                total = sum(cost[p][j] for p, j in zip(pred_idx.tolist(), tgt_idx.tolist()))
+                assert total == pytest.approx(best, abs=1e-5), (name, b)
+                chosen[name].append(sorted(zip(tgt_idx.tolist(), pred_idx.tolist())))
+    # the terms disagree on these problems, so each check above can tell them apart
+    assert len({str(v) for v in chosen.values()}) == len(cases)

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from updetr_lite.config import ConfigError, get_config
+from updetr_lite.data.coco import coco_from_dict
+from updetr_lite.engine.evaluate import evaluate
 from updetr_lite.models import (
     Backbone,
     PositionEmbeddingSine,
@@ -348,6 +350,9 @@ def _overfit(model, criterion, step_fn, targets, steps=80):
 
 
 def test_smoke_updetr_overfits_pretext():
+    """Trained on 2 images x 2 query patches, the smoke pretext model localises its patches
+    far better than the best single fixed box (the mean target box): mean IoU 0.91 against
+    0.21 measured after 160 steps (seed 0)."""
     cfg = get_config("smoke")
     torch.manual_seed(0)
     model = build_updetr(cfg).train()
@@ -355,12 +360,28 @@ def test_smoke_updetr_overfits_pretext():
     g = torch.Generator().manual_seed(0)
     images = torch.randn(2, 3, 64, 64, generator=g)
     mask = torch.zeros(2, 64, 64, dtype=torch.bool)
-    centres = torch.rand(2, 2, 2, generator=g) * 0.4 + 0.3
-    sizes = torch.rand(2, 2, 2, generator=g) * 0.3 + 0.2
+    centres = torch.rand(2, 2, 2, generator=g) * 0.6 + 0.2
+    sizes = torch.rand(2, 2, 2, generator=g) * 0.2 + 0.15
     boxes = torch.cat((centres, sizes), -1)
     targets = [{"boxes": b, "labels": torch.ones(2, dtype=torch.int64)} for b in boxes]
-    losses = _overfit(model, criterion, lambda: model(images, mask, None, boxes), targets)
+    losses = _overfit(
+        model, criterion, lambda: model(images, mask, None, boxes), targets, steps=160
+    )
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
+
+    def mean_iou(pred):  # IoU of each patch's box with its target, written out
+        a, b = pred.reshape(-1, 4), boxes.reshape(-1, 4)
+        lo = torch.maximum(a[:, :2] - a[:, 2:] / 2, b[:, :2] - b[:, 2:] / 2)
+        hi = torch.minimum(a[:, :2] + a[:, 2:] / 2, b[:, :2] + b[:, 2:] / 2)
+        inter = (hi - lo).clamp(min=0).prod(-1)
+        return (inter / (a[:, 2:].prod(-1) + b[:, 2:].prod(-1) - inter)).mean().item()
+
+    model.eval()
+    with torch.no_grad():
+        found, _ = model.localize(model(images, mask, None, boxes))
+    fixed = mean_iou(boxes.reshape(-1, 4).mean(0).expand_as(boxes))
+    trained = mean_iou(found)
+    assert fixed < 0.3 and trained > 0.75, (trained, fixed)
 
 
 def test_smoke_detr_overfits_detection():
@@ -382,6 +403,27 @@ def test_smoke_detr_overfits_detection():
     losses = _overfit(model, criterion, lambda: model(images, mask), targets)
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
     assert F.softmax(model(images, mask)["pred_logits"], -1).shape == (2, 8, 7)
+    # evaluated on the same images (pycocotools, tested in test_evaluate.py): every box found
+    # at IoU 0.5, AP 0.90 measured after these 80 steps
+    sizes = [(64, 64), (64, 48)]
+    anns = []
+    for i, (t, (h, w)) in enumerate(zip(targets, sizes)):
+        for (cx, cy, bw, bh), label in zip(t["boxes"].tolist(), t["labels"].tolist()):
+            box = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": label, "bbox": box,
+                         "area": box[2] * box[3], "iscrowd": 0})  # fmt: skip
+    coco = coco_from_dict(
+        {
+            "images": [{"id": i, "height": h, "width": w} for i, (h, w) in enumerate(sizes)],
+            "annotations": anns,
+            "categories": [{"id": c} for c in range(1, 6)],
+        }
+    )
+    meta = [
+        {"image_id": torch.tensor(i), "orig_size": torch.tensor(s)} for i, s in enumerate(sizes)
+    ]
+    metrics = evaluate(model, [(images, mask, meta)], coco, "cpu")
+    assert metrics["AP50"] == pytest.approx(1.0) and metrics["AP"] >= 0.8, metrics
 
 
 def test_forward_features_equals_forward():
@@ -404,3 +446,51 @@ def test_forward_features_equals_forward():
         assert torch.equal(x["pred_logits"], y["pred_logits"])
         assert torch.equal(x["pred_boxes"], y["pred_boxes"])
     assert a["pred_boxes"].min() >= 0 and a["pred_boxes"].max() <= 1
+
+
+def test_aux_outputs_are_the_earlier_decoder_layers_in_order():
+    """aux_outputs[i] = the heads on decoder layer i's output (i = 0..L-2), the main output the
+    last layer's; computed here from the transformer's hs by hand."""
+    cfg = get_config("smoke", ["model.dec_layers=3"])
+    torch.manual_seed(0)
+    detr, updetr = build_detr(cfg).eval(), build_updetr(cfg).eval()
+    images = torch.randn(2, 3, 64, 64)
+    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
+    boxes = torch.tensor([[[0.5, 0.4, 0.3, 0.3], [0.3, 0.2, 0.2, 0.3]]]).repeat(2, 1, 1)
+    for model, run in (
+        (detr, lambda: detr(images, mask)),
+        (updetr, lambda: updetr(images, mask, None, boxes)),
+    ):
+        captured = []
+        hook = model.transformer.register_forward_hook(lambda m, i, o, c=captured: c.append(o[0]))
+        with torch.no_grad():
+            out = run()
+        hook.remove()
+        (hs,) = captured
+        assert hs.shape[0] == 3 and len(out["aux_outputs"]) == 2
+        layers = out["aux_outputs"] + [out]
+        for i, layer in enumerate(layers):
+            with torch.no_grad():
+                logits = model.class_embed(hs[i])
+                pred = model.bbox_embed(hs[i]).sigmoid()
+            assert torch.allclose(layer["pred_logits"], logits, atol=1e-6), i
+            assert torch.allclose(layer["pred_boxes"], pred, atol=1e-6), i
+        # the layers differ, so a shifted list could not pass
+        assert not torch.allclose(layers[0]["pred_logits"], layers[1]["pred_logits"])
+    # the smoke preset itself has auxiliary outputs (engine, resume and inference tests see them)
+    assert get_config("smoke").model.dec_layers >= 2 and get_config("smoke").model.aux_loss
+
+
+def test_box_head_is_a_relu_mlp():
+    """DETR's box head: Linear, ReLU, Linear, ReLU, Linear (d, d, 4), written out here."""
+    from updetr_lite.models import MLP
+
+    torch.manual_seed(0)
+    mlp = MLP(6, 5, 4, 3)
+    x = torch.randn(7, 6)
+    a, b, c = mlp.layers
+    want = c(F.relu(b(F.relu(a(x)))))
+    assert torch.allclose(mlp(x), want, atol=1e-6)
+    assert not torch.allclose(want, c(b(a(x))), atol=1e-3)  # the ReLUs matter for this x
+    detr = build_detr(get_config("smoke"))
+    assert [tuple(lin.weight.shape) for lin in detr.bbox_embed.layers] == [(32, 32)] * 2 + [(4, 32)]

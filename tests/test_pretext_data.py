@@ -237,3 +237,33 @@ def test_skips_in_loader_workers_reach_the_report(tmp_path):
     assert sum(len(b[2]) for b in loader) == 4
     report = ds.report_skips()
     assert (report["too_small"], report["unreadable"]) == (1, 1)
+
+
+def test_sample_boxes_normalise_by_width_and_height(tmp_path):
+    """A non-square image (h 40, w 96): the normalised boxes of the dataset's sampler (used by
+    the cached-RoI path) are the pixel boxes divided by (w, h, w, h), written out here, and
+    stay inside the image."""
+    from updetr_lite.engine.features import CachedPretextRoi
+
+    h, w = 40, 96
+    Image.fromarray(_structured(h, w)).save(tmp_path / "img.png")
+    cfg = _cfg(m=6, min_patch=8)
+    ds = PretextDataset(tmp_path, cfg, augment_patches=False)
+    got = ds.sample_boxes(h, w, generator=torch.Generator().manual_seed(3))
+    px = sample_patch_boxes(h, w, 6, 8, generator=torch.Generator().manual_seed(3))
+    x0, y0, x1, y1 = px.unbind(-1)
+    want = torch.stack(((x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h), -1)
+    assert torch.allclose(got, want, atol=1e-6)
+    # the cached-RoI dataset hands the sampler (h, w) in that order
+    roi = CachedPretextRoi([torch.zeros(4, 3, 7)], [(h, w)], ds.sample_boxes)
+    torch.manual_seed(0)
+    for _ in range(20):
+        boxes = roi[0][1]["boxes"]
+        xyxy = box_convert(boxes, "cxcywh", "xyxy") * torch.tensor([w, h, w, h])
+        assert boxes.shape == (6, 4)
+        assert (xyxy >= -1e-4).all() and (xyxy[:, 2] <= w + 1e-4).all()
+        assert (xyxy[:, 3] <= h + 1e-4).all()
+        sides = xyxy[:, 2:] - xyxy[:, :2]
+        assert torch.allclose(sides, sides.round(), atol=1e-3)  # whole pixels
+        assert (sides >= 8 - 1e-3).all() and (sides[:, 0] <= w - 8 + 1e-3).all()
+        assert (sides[:, 1] <= h - 8 + 1e-3).all()

@@ -1,6 +1,7 @@
 """Weight loading: torchvision, SwAV and DETR/UP-DETR files; pretext -> detector init."""
 
 import argparse
+import re
 
 import pytest
 import torch
@@ -192,3 +193,24 @@ def test_init_detr_from_authors_key_names():
     bad["query_embed.weight"] = torch.zeros(5, 32)
     with pytest.raises(WeightsError, match="query_embed.weight"):
         init_detr_from_pretext(detr, bad)
+
+
+@pytest.mark.parametrize(
+    "setting,named",
+    [
+        ("model.pre_norm=False", "model.pre_norm differs"),  # the file has encoder.norm.*
+        ("model.dec_layers=3", "model.dec_layers (the file has 2 decoder layers) differs"),
+        ("model.enc_layers=0", "model.enc_layers (the file has 1 encoder layers) differs"),
+        ("model.dim_feedforward=48", "model.dim_feedforward or model.hidden_dim differs"),
+    ],
+)
+def test_init_detr_settings_mismatch_names_the_setting(setting, named):
+    """A detector built with other settings than the pretext file (and no config in the file to
+    compare): an error naming the setting, never a silent 'dropped' list."""
+    pretext, _ = _pretext_and_detector()
+    assert get_config("smoke").model.dec_layers == 2 and get_config("smoke").model.enc_layers == 1
+    detr = build_detr(get_config("smoke", [setting]))
+    before = {k: v.clone() for k, v in detr.state_dict().items()}
+    with pytest.raises(WeightsError, match=re.escape(named)):
+        init_detr_from_pretext(detr, {"model": pretext.state_dict()})
+    assert all(torch.equal(v, before[k]) for k, v in detr.state_dict().items())  # untouched

@@ -445,7 +445,9 @@ def smoke() -> Config:
         hidden_dim=32,
         nheads=2,
         enc_layers=1,
-        dec_layers=1,
+        # two decoder layers: aux outputs exist, and the group mask changes the answer (in a
+        # first decoder layer every query's self-attention value is the same, so no mask matters)
+        dec_layers=2,
         dim_feedforward=64,
         num_queries=8,
         dropout=0.0,

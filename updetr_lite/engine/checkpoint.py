@@ -135,8 +135,11 @@ def infer_kind(ckpt: dict) -> tuple[str, int]:
     """(kind, num_classes) of a checkpoint: from its fields, else from its keys and shapes."""
     if "kind" in ckpt and "num_classes" in ckpt:
         return ckpt["kind"], int(ckpt["num_classes"])
-    state = model_state(ckpt)
-    kind = "pretext" if any(k.startswith("patch_proj.") for k in state) else "detection"
+    from ..models.weights import PRETEXT_ONLY, kit_names
+
+    # the authors' release names the pretext layers patch2query / feature_align: rename first
+    state = kit_names(model_state(ckpt))
+    kind = "pretext" if any(k.startswith(PRETEXT_ONLY) for k in state) else "detection"
     if "class_embed.weight" not in state:
         raise CheckpointError("checkpoint has no class_embed.weight: not a DETR/UP-DETR model")
     return kind, int(state["class_embed.weight"].shape[0]) - 1
@@ -155,6 +158,44 @@ def check_kind(
         )
     if num_classes is not None and classes != num_classes:
         raise CheckpointError(f"{where} has {classes} classes but model.num_classes={num_classes}")
+
+
+# model settings that change the network (keys, shapes or what the weights compute)
+STRUCTURAL = (
+    "backbone",
+    "backbone_layer",
+    "hidden_dim",
+    "nheads",
+    "enc_layers",
+    "dec_layers",
+    "dim_feedforward",
+    "pre_norm",
+    "pos_in_values",
+    "num_queries",
+)
+
+
+def check_settings(ckpt: dict, model_cfg, path: str | os.PathLike = "") -> None:
+    """Raise CheckpointError naming every model setting (STRUCTURAL) that differs between
+    ``model_cfg`` (a ModelConfig) and the settings saved in the checkpoint: this kit's
+    ``config["model"]`` or the authors' argparse ``args`` (same field names). Settings the file
+    does not record are not checked here (the keys and shapes still are, when loading)."""
+    saved = (ckpt.get("config") or {}).get("model")
+    if saved is None and ckpt.get("args") is not None:
+        saved = vars(ckpt["args"]) if hasattr(ckpt["args"], "__dict__") else dict(ckpt["args"])
+    if not isinstance(saved, dict):
+        return
+    diff = [
+        f"model.{k}={getattr(model_cfg, k)!r} here, {saved[k]!r} in the file"
+        for k in STRUCTURAL
+        if k in saved and saved[k] != getattr(model_cfg, k)
+    ]
+    if diff:
+        where = f"checkpoint {path}" if path else "checkpoint"
+        raise CheckpointError(
+            f"{where} was saved with other model settings: {'; '.join(diff)} "
+            f"(set them with --set to match)"
+        )
 
 
 def rng_state() -> dict:

@@ -18,7 +18,7 @@ from torch import nn
 from . import distributed as du
 from . import feature_cache as fc
 from . import run_state as rs
-from .checkpoint import atomic_save, check_kind, load_checkpoint, model_state
+from .checkpoint import atomic_save, check_kind, check_settings, load_checkpoint, model_state
 from .evaluate import evaluate
 from .step import (
     NonFiniteLossError,
@@ -95,6 +95,7 @@ class TrainingRun:
 
             ckpt = load_checkpoint(init)
             check_kind(ckpt, "pretext", None, init)
+            check_settings(ckpt, cfg.model, init)
             init_report = init_detr_from_pretext(model, model_state(ckpt))
             self.log.write({"type": "init", "init": str(init), **init_report})
         self.model, self.criterion = model.to(device), criterion.to(device)

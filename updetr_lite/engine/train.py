@@ -8,7 +8,9 @@
   over those steps and over processes; terms are the criterion's weighted terms),
   ``{"type": "eval", step, epoch, AP, AP50, AP75, APs, APm, APl}`` after each evaluation,
   ``{"type": "epoch", ...}`` per-epoch loss means, ``{"type": "init", ...}`` the
-  pretext -> detector key report, ``{"type": "skips", ...}`` the pretext dataset's skip counts,
+  pretext -> detector key report, ``{"type": "cnn_weights", path, format, loaded, ignored}``
+  the CNN weight-load report (also printed) when model.backbone_weights is set,
+  ``{"type": "skips", ...}`` the pretext dataset's skip counts,
   ``{"type": "plan", steps_per_epoch, images_per_epoch, epochs, max_steps, planned_steps}``
   first and ``{"type": "end", steps, planned_steps, epochs_trained, images_seen, stopped_by}``
   last (what was trained against what was set);
@@ -94,6 +96,7 @@ def train(
         run = TrainingRun(cfg, stage, out, device, info, last_every_steps, progress)
         ckpt = run.open_output(resume)
         model, criterion, trainable_cnn = prepare_model(cfg, stage)
+        report_cnn_weights(model, None if ckpt else run.log, info.is_main)  # once per run
         init_report = run.build(model, criterion, trainable_cnn, init if ckpt is None else None)
         seed_everything(tc.seed + info.rank)  # then each rank its own dropout / shuffles
         run.start(ckpt)
@@ -101,6 +104,19 @@ def train(
             run.train_epoch()
             run.end_epoch()
         return run.finish(init_report)
+
+
+def report_cnn_weights(model, log, main: bool) -> None:
+    """Print the CNN weight-load report (models.weights.LoadReport) and, unless ``log`` is
+    None, log it as ``{"type": "cnn_weights", path, format, loaded, ignored}`` (ignored:
+    counts per reason)."""
+    report = getattr(model.backbone[0], "weights_report", None)
+    if report is None:
+        return
+    if main:
+        print(f"[updetr-lite] CNN weights: {report}")
+    if log is not None:
+        log.write({"type": "cnn_weights"} | report.summary())
 
 
 def _trainable_cnn(cfg: Config, stage: str) -> bool:

@@ -28,7 +28,9 @@ def build_backbone(cfg: Config, frozen: bool | None = None) -> Backbone:
     frozen = m.frozen_cnn if frozen is None else frozen
     backbone = Backbone(m.backbone, m.backbone_layer, frozen, fast=m.fast_path)
     if weights:
-        log.info("%s", load_cnn_weights(backbone, weights))
+        # kept on the CNN: the training loop prints it and writes it to log.jsonl
+        backbone.weights_report = load_cnn_weights(backbone, weights)
+        log.info("%s", backbone.weights_report)
     return backbone
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -32,11 +33,24 @@ class LoadReport:
     loaded: list[str] = field(default_factory=list)
     ignored: dict[str, str] = field(default_factory=dict)  # key -> why
 
-    def __str__(self) -> str:
-        reasons: dict[str, int] = {}
+    def reasons(self) -> dict[str, int]:
+        """How many keys were ignored, per reason."""
+        counts: dict[str, int] = {}
         for why in self.ignored.values():
-            reasons[why] = reasons.get(why, 0) + 1
-        why = "; ".join(f"{n} {r}" for r, n in reasons.items()) or "none"
+            counts[why] = counts.get(why, 0) + 1
+        return counts
+
+    def summary(self) -> dict:
+        """A JSON-able record: path, format, loaded (count), ignored (count per reason)."""
+        return {
+            "path": self.path,
+            "format": self.format,
+            "loaded": len(self.loaded),
+            "ignored": self.reasons(),
+        }
+
+    def __str__(self) -> str:
+        why = "; ".join(f"{n} {r}" for r, n in self.reasons().items()) or "none"
         return (
             f"{self.path} ({self.format} format): {len(self.loaded)} tensors loaded, ignored: {why}"
         )
@@ -136,11 +150,46 @@ def load_cnn_weights(backbone: nn.Module, path: str) -> LoadReport:
     return report
 
 
-def _author_to_kit(key: str) -> str:
+def kit_name(key: str) -> str:
+    """A key with the authors' UP-DETR names (AUTHOR_NAMES) renamed to this kit's."""
     for old, new in AUTHOR_NAMES.items():
         if key.startswith(old):
             return new + key[len(old) :]
     return key
+
+
+def kit_names(state: dict) -> dict:
+    """A state dict with kit_name keys: the same tensors in the same order."""
+    return {kit_name(k): v for k, v in state.items()}
+
+
+def _setting_for(keys: list[str], file_keys) -> str:
+    """The model setting that most likely explains keys that one side has and the other not."""
+    layers = {"encoder": "model.enc_layers", "decoder": "model.dec_layers"}
+    for key in keys:
+        if key.startswith("transformer.encoder.norm."):
+            # DETR's encoder has a final LayerNorm only with pre-norm
+            return "model.pre_norm"
+        m = re.match(r"transformer\.(encoder|decoder)\.layers\.\d+\.", key)
+        if m:
+            prefix = f"transformer.{m.group(1)}.layers."
+            n = len({k.split(".")[3] for k in file_keys if k.startswith(prefix)})
+            return f"{layers[m.group(1)]} (the file has {n} {m.group(1)} layers)"
+        if key.startswith(DETR_CNN_PREFIX + "layer4."):
+            return "model.backbone_layer"
+        if key.startswith(DETR_CNN_PREFIX):
+            return "model.backbone"
+    return "the model settings"
+
+
+def _setting_for_shape(key: str) -> str:
+    if key.startswith(DETR_CNN_PREFIX):
+        return "model.backbone"
+    if key == "query_embed.weight":
+        return "model.num_queries or model.hidden_dim"
+    if ".linear1." in key or ".linear2." in key:
+        return "model.dim_feedforward or model.hidden_dim"
+    return "model.hidden_dim"
 
 
 def init_detr_from_pretext(detr: nn.Module, state_dict: dict) -> dict[str, list[str]]:
@@ -149,22 +198,36 @@ def init_detr_from_pretext(detr: nn.Module, state_dict: dict) -> dict[str, list[
     Keeps the CNN, transformer, query_embed, input_proj and bbox_embed; drops class_embed (2
     pretext classes) and the pretext-only patch projection and reconstruction head.
     Returns and logs {"dropped": keys of the state dict not used, "new": keys of the DETR left
-    at their fresh initialisation}, both sorted. A kept key whose shape differs is an error.
+    at their fresh initialisation}, both sorted. Anything else that differs (a key only one side
+    has, or a kept key of another shape) is a WeightsError naming the model setting that
+    differs, e.g. model.pre_norm when only one side has transformer.encoder.norm.*.
     """
     sd = state_dict.get("model", state_dict)
     own = detr.state_dict()
-    keep, dropped = {}, []
+    keep, dropped, unexpected = {}, [], []
     for key, value in sd.items():
-        name = _author_to_kit(key)
-        if name.startswith(("class_embed.",) + PRETEXT_ONLY) or name not in own:
+        name = kit_name(key)
+        if name.startswith(("class_embed.",) + PRETEXT_ONLY):
             dropped.append(key)
+            continue
+        if name not in own:
+            unexpected.append(name)
             continue
         if own[name].shape != value.shape:
             raise WeightsError(
                 f"pretext checkpoint key {key}: shape {tuple(value.shape)} does not fit the "
-                f"detector's {tuple(own[name].shape)} (same model settings needed)"
+                f"detector's {tuple(own[name].shape)}: {_setting_for_shape(name)} differs"
             )
         keep[name] = value
+    missing = sorted(k for k in set(own) - set(keep) if not k.startswith("class_embed."))
+    if missing or unexpected:
+        setting = _setting_for(unexpected + missing, list(keep) + unexpected)
+        raise WeightsError(
+            f"pretext checkpoint does not fit the detector: {setting} differs "
+            f"(only in the file: {sorted(unexpected)[:3]}{'...' if len(unexpected) > 3 else ''}"
+            f" ({len(unexpected)}); only in the detector: {missing[:3]}"
+            f"{'...' if len(missing) > 3 else ''} ({len(missing)}))"
+        )
     new = sorted(set(own) - set(keep))
     detr.load_state_dict(keep, strict=False)
     result = {"dropped": sorted(dropped), "new": new}
