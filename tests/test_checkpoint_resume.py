@@ -170,7 +170,7 @@ def test_wrong_kind_is_refused(tmp_path):
 def test_item_seed_depends_on_seed_epoch_and_index():
     """SeededDataset: item i of epoch e draws the same numbers every time, other numbers in
     another epoch, for another index or another seed; the caller's RNG is left alone."""
-    from updetr_lite.engine.train import SeededDataset
+    from updetr_lite.engine.seeding import SeededDataset
 
     class Draws(torch.utils.data.Dataset):
         def __len__(self):
