@@ -51,6 +51,9 @@ class ModelConfig:
     # Lite deviation (models/transformer.py): positions added to the decoder's
     # cross-attention values as well as its keys, for a transformer without encoder layers
     pos_in_values: bool = False
+    # > 0: each encoder block's residual branches start scaled by a learnable per-channel gain
+    # of this value (LayerScale), against the encoder memory collapse at lite scale; 0: off
+    enc_layer_scale: float = 0.0
     num_queries: int = 100  # N
     num_classes: int = 91  # detection classes for fine-tuning (COCO ids), no-object added
     aux_loss: bool = True
@@ -129,6 +132,7 @@ class TrainConfig:
     lr_drop: int = 40  # epoch at which lr is multiplied by 0.1
     batch_size: int = 32  # global, split across processes
     max_steps: int = 0  # > 0: stop after this many optimizer steps (smoke, lite)
+    warmup_steps: int = 0  # > 0: lr rises linearly from lr/warmup_steps over these first steps
     eval_every: int = 1  # epochs
     checkpoint_every: int = 10  # epochs; last.pth is written every epoch
     amp: bool = False  # bf16 autocast
@@ -261,6 +265,7 @@ _RULES: dict[str, dict] = {
         "dec_layers": _POS,
         "dim_feedforward": _POS,
         "dropout": (0.0, 1.0, "below"),
+        "enc_layer_scale": (0.0, None),
         "num_queries": _POS,
         "num_classes": _POS,
     },
@@ -302,6 +307,7 @@ _RULES["pretrain"] = _RULES["finetune"] = {
     "lr_drop": _POS,
     "batch_size": _POS,
     "max_steps": _NONNEG,
+    "warmup_steps": _NONNEG,
     "eval_every": _POS,
     "checkpoint_every": _NONNEG,
     "seed": _NONNEG,

@@ -27,6 +27,7 @@ from .step import (
     build_optimizer,
     non_finite,
     train_step,
+    warm_up,
 )
 from .train_data import build_data
 
@@ -163,6 +164,7 @@ class TrainingRun:
         )
         for batch in data.batches:
             args, targets = batch_to_device(batch, self.device)
+            warm_up(self.optimizer, self.scheduler, run.step, tc.warmup_steps)
             values = train_step(
                 partial(self.step_model, *args),
                 targets,

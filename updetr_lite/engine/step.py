@@ -42,6 +42,17 @@ def build_optimizer(model: nn.Module, tc):
     return optimizer, torch.optim.lr_scheduler.StepLR(optimizer, step_size=tc.lr_drop, gamma=0.1)
 
 
+def warm_up(optimizer, scheduler, step: int, warmup_steps: int) -> None:
+    """Linear warm-up (``TrainConfig.warmup_steps``): optimizer step ``step`` (0-based) runs
+    at min(1, (step + 1) / warmup_steps) of the StepLR schedule's lr for its epoch."""
+    if warmup_steps <= 0 or step > warmup_steps:
+        return
+    factor = min(1.0, (step + 1) / warmup_steps)
+    drops = scheduler.last_epoch // scheduler.step_size
+    for g in optimizer.param_groups:
+        g["lr"] = g["initial_lr"] * scheduler.gamma**drops * factor
+
+
 class StepModel(nn.Module):
     """What DDP wraps: one forward of the model on one batch.
 

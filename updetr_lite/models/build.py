@@ -46,6 +46,7 @@ def build_transformer(cfg: Config) -> Transformer:
         normalize_before=m.pre_norm,
         pos_in_values=m.pos_in_values,
         fast=m.fast_path,
+        enc_layer_scale=m.enc_layer_scale,
     )
 
 

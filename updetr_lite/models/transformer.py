@@ -18,7 +18,20 @@ def _with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
 
 
 class EncoderLayer(nn.Module):
-    def __init__(self, d_model, nhead, dim_feedforward, dropout, normalize_before, fast=False):
+    """``layer_scale`` > 0 (``model.enc_layer_scale``, off at 0): each residual branch is
+    multiplied by a learnable per-channel gain that starts at this value (LayerScale), so the
+    layer starts near the identity; the parameters ``gamma1``, ``gamma2`` [d] exist only then."""
+
+    def __init__(
+        self,
+        d_model,
+        nhead,
+        dim_feedforward,
+        dropout,
+        normalize_before,
+        fast=False,
+        layer_scale=0.0,
+    ):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
@@ -28,23 +41,30 @@ class EncoderLayer(nn.Module):
         self.dropout1, self.dropout2 = Dropout(dropout, fast), Dropout(dropout, fast)
         self.normalize_before = normalize_before
         self.fast = fast
+        self.gamma1 = self.gamma2 = None
+        if layer_scale > 0:
+            self.gamma1 = nn.Parameter(torch.full((d_model,), float(layer_scale)))
+            self.gamma2 = nn.Parameter(torch.full((d_model,), float(layer_scale)))
 
     def _ffn(self, x):
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
+
+    @staticmethod
+    def _scaled(x, gamma):
+        return x if gamma is None else x * gamma
 
     def forward(self, src, key_padding_mask, pos):
         """src, pos [B, S, d]; key_padding_mask bool [B, S] (True = padding)."""
         if self.normalize_before:
             x = self.norm1(src)
             q = k = _with_pos(x, pos)
-            src = src + self.dropout1(
-                attention(self.self_attn, q, k, x, key_padding_mask, fast=self.fast)
-            )
-            return src + self.dropout2(self._ffn(self.norm2(src)))
+            attn = attention(self.self_attn, q, k, x, key_padding_mask, fast=self.fast)
+            src = src + self._scaled(self.dropout1(attn), self.gamma1)
+            return src + self._scaled(self.dropout2(self._ffn(self.norm2(src))), self.gamma2)
         q = k = _with_pos(src, pos)
         attn = attention(self.self_attn, q, k, src, key_padding_mask, fast=self.fast)
-        src = self.norm1(src + self.dropout1(attn))
-        return self.norm2(src + self.dropout2(self._ffn(src)))
+        src = self.norm1(src + self._scaled(self.dropout1(attn), self.gamma1))
+        return self.norm2(src + self._scaled(self.dropout2(self._ffn(src)), self.gamma2))
 
 
 class DecoderLayer(nn.Module):
@@ -152,11 +172,12 @@ class Transformer(nn.Module):
         normalize_before: bool = False,
         pos_in_values: bool = False,
         fast: bool = False,
+        enc_layer_scale: float = 0.0,
     ):
         super().__init__()
         args = (d_model, nhead, dim_feedforward, dropout, normalize_before, fast)
         self.encoder = Encoder(
-            [EncoderLayer(*args) for _ in range(num_encoder_layers)],
+            [EncoderLayer(*args, enc_layer_scale) for _ in range(num_encoder_layers)],
             nn.LayerNorm(d_model) if normalize_before else None,
         )
         self.decoder = Decoder(
