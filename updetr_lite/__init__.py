@@ -25,6 +25,7 @@ Where each part of the paper lives (module: symbol):
                                                          models/updetr.py: localize
   ImageNet normalisation of every CNN input            data/images.py: normalize
   Settings: paper / lite / smoke presets               config.py: paper, lite, smoke
+  Speed switches (not the paper's arithmetic)          fastpath.py: enable (model.fast_path)
   Reproduction of Tables 1-4, Figures 1, 3-6           main.py: plan, run_main; report.py
   Training logs (log.jsonl)                            jsonl.py: read_jsonl
 
