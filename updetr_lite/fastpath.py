@@ -275,8 +275,8 @@ def enable(model: nn.Module) -> nn.Module:
     In place: the `Backbone` is replaced by a `FastBackbone` holding the same ``body``, and
     each ``nn.Dropout`` / ``nn.MultiheadAttention`` object becomes this module's subclass
     (the same object, parameters and state-dict keys; the subclass only adds a forward), so
-    optimizers, checkpoints and the RNG stream are untouched. Call it after the weights
-    trainability is set (``requires_grad``): it decides which CNN stages are fixed. A bare
+    optimizers, checkpoints and the RNG stream are untouched; a second call changes nothing.
+    Call it once ``requires_grad`` is final: it reads which CNN stages are fixed. A bare
     Backbone cannot be replaced in place: its FastBackbone is returned instead.
     """
     if type(model) is Backbone:
