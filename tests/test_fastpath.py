@@ -5,7 +5,7 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from updetr_lite.fastpath import FrozenCNN, fold_batch_norms
+from updetr_lite.fastpath import FastBackbone, FrozenCNN, enable, fold_batch_norms
 
 
 def _random_frozen_resnet18() -> nn.Module:
@@ -66,7 +66,7 @@ def _pretext_losses(fast: bool) -> dict[str, float]:
     cfg = get_config("smoke", [f"model.fast_path={fast}", "pretext.patch_feature='crop'"])
     torch.manual_seed(0)
     model = build_updetr(cfg).eval()
-    assert model.backbone[0].fast == fast
+    assert isinstance(model.backbone[0], FastBackbone) == fast
     # Random BN statistics, as after a real pre-training, so that folding matters.
     for m in model.modules():
         if isinstance(m, FrozenBatchNorm2d):
@@ -94,7 +94,7 @@ def test_fast_path_gives_the_same_pretext_losses():
 def test_fast_path_is_rebuilt_after_a_weight_load():
     from updetr_lite.models.backbone import Backbone
 
-    bb = Backbone("resnet18", "layer3", frozen_cnn=True, fast=True)
+    bb = enable(Backbone("resnet18", "layer3", frozen_cnn=True))
     x = torch.randn(1, 3, 64, 64)
     mask = torch.zeros(1, 64, 64, dtype=torch.bool)
     before = bb(x, mask)[0]
@@ -105,7 +105,7 @@ def test_fast_path_is_rebuilt_after_a_weight_load():
     state = {k: (v.abs() + 0.5 if "running_var" in k else v) for k, v in state.items()}
     bb.body.load_state_dict(state)
     after = bb(x, mask)[0]
-    plain = Backbone("resnet18", "layer3", frozen_cnn=True, fast=False)
+    plain = Backbone("resnet18", "layer3", frozen_cnn=True)
     plain.body.load_state_dict(state)
     ref = plain(x, mask)[0]
     assert not torch.allclose(before, after)
@@ -118,8 +118,8 @@ def test_a_cnn_that_trains_runs_its_fixed_stages_on_the_fast_path():
     from updetr_lite.models.backbone import Backbone
 
     torch.manual_seed(0)
-    fast = Backbone("resnet18", "layer3", frozen_cnn=False, fast=True)
-    plain = Backbone("resnet18", "layer3", frozen_cnn=False, fast=False)
+    fast = enable(Backbone("resnet18", "layer3", frozen_cnn=False))
+    plain = Backbone("resnet18", "layer3", frozen_cnn=False)
     plain.load_state_dict(fast.state_dict())
     x = torch.randn(2, 3, 64, 64)
     mask = torch.zeros(2, 64, 64, dtype=torch.bool)
@@ -132,7 +132,7 @@ def test_a_cnn_that_trains_runs_its_fixed_stages_on_the_fast_path():
     (f_fast, g_fast), (f_plain, g_plain) = out["fast"], out["plain"]
     assert set(g_fast) == set(g_plain) and g_plain  # the same weights train
     assert all(n.startswith(("layer2", "layer3")) for n in g_fast)
-    fixed = fast._fast_cnn[torch.device("cpu")].cnn
+    fixed = fast._runners[torch.device("cpu")].cnn
     assert not any(isinstance(m, FrozenBatchNorm2d) for m in fixed.modules())
     assert not any(n.startswith(("layer2", "layer3")) for n, _ in fixed.named_children())
     assert (f_fast - f_plain).norm() / f_plain.norm() < 0.05
@@ -167,10 +167,14 @@ def test_fast_dropout_drops_the_stated_share_and_keeps_the_mean():
 def test_written_out_attention_equals_multihead_attention():
     """Without dropout (p = 0 stand-in: same weights, dropout off) the fast attention gives
     nn.MultiheadAttention's output; with masks, padding and UP-DETR's group mask."""
-    from updetr_lite.fastpath import attention
+    from updetr_lite.fastpath import MultiheadAttention
 
     torch.manual_seed(0)
-    mha = nn.MultiheadAttention(32, 4, dropout=0.1, batch_first=True)
+    mha = MultiheadAttention(32, 4, dropout=0.1, batch_first=True)
+
+    def attention(mha, q, k, v, pad, mask):
+        return mha(q, k, v, key_padding_mask=pad, attn_mask=mask, need_weights=False)[0]
+
     q, k, v = torch.randn(2, 6, 32), torch.randn(2, 9, 32), torch.randn(2, 9, 32)
     pad = torch.zeros(2, 9, dtype=torch.bool)
     pad[1, 6:] = True
@@ -180,9 +184,72 @@ def test_written_out_attention_equals_multihead_attention():
     ref = mha(q, k, v, key_padding_mask=pad_add, attn_mask=group, need_weights=False)[0]
     mha.train()
     mha.dropout = 1e-9  # training path, and a mask that drops nothing
-    out = attention(mha, q, k, v, pad, group, fast=True)
+    out = attention(mha, q, k, v, pad, group)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
-    out_bool = attention(mha, q, k, v, pad, group.isinf(), fast=True)
+    out_bool = attention(mha, q, k, v, pad, group.isinf())
     torch.testing.assert_close(out_bool, ref, rtol=1e-5, atol=1e-5)
     mha.dropout = 0.5  # real dropout: some attention weights dropped, output changes
-    assert not torch.allclose(attention(mha, q, k, v, pad, group, fast=True), ref)
+    assert not torch.allclose(attention(mha, q, k, v, pad, group), ref)
+
+
+def _smoke_updetr(fast: bool, seed: int):
+    from updetr_lite.config import get_config
+    from updetr_lite.models import build_updetr
+
+    cfg = get_config("smoke", [f"model.fast_path={fast}", "model.dropout=0.1"])
+    torch.manual_seed(seed)
+    return build_updetr(cfg)
+
+
+def test_enable_swaps_modules_in_place_and_keeps_every_tensor():
+    """models/ builds plain torch modules; enable swaps in the fast ones, the same parameter
+    objects under the same state-dict keys, and a second enable changes nothing."""
+    from updetr_lite import fastpath
+    from updetr_lite.models import Backbone
+
+    plain, fast = _smoke_updetr(False, 0), _smoke_updetr(True, 0)
+    names = {type(m).__name__: type(m).__module__ for m in plain.modules()}
+    assert not any(mod.startswith("updetr_lite.fastpath") for mod in names.values()), names
+    n_drop = sum(type(m) is nn.Dropout for m in plain.modules())
+    n_mha = sum(type(m) is nn.MultiheadAttention for m in plain.modules())
+    assert n_drop == 3 + 4 and n_mha == 1 + 2  # smoke: 1 encoder layer, 1 decoder layer
+    assert sum(type(m) is fastpath.Dropout for m in fast.modules()) == n_drop
+    assert sum(type(m) is fastpath.MultiheadAttention for m in fast.modules()) == n_mha
+    assert not any(type(m) in (nn.Dropout, nn.MultiheadAttention) for m in fast.modules())
+    assert type(fast.backbone[0]) is fastpath.FastBackbone
+    sd_plain, sd_fast = plain.state_dict(), fast.state_dict()
+    assert list(sd_plain) == list(sd_fast)
+    assert all(torch.equal(sd_plain[k], sd_fast[k]) for k in sd_plain)
+
+    again = _smoke_updetr(False, 0)
+    params = list(again.parameters())
+    assert fastpath.enable(again) is again and list(again.parameters()) == params
+    types = [type(m) for m in again.modules()]
+    fastpath.enable(again)
+    assert [type(m) for m in again.modules()] == types
+    assert type(fastpath.enable(Backbone("resnet18", "layer3"))) is fastpath.FastBackbone
+
+
+def test_checkpoints_load_both_ways_between_fast_and_plain_models():
+    """A plain model's state dict loads strictly into a fast one that has already run (its
+    folded CNN is then rebuilt from the new weights), and back, bit for bit."""
+    fast, plain = _smoke_updetr(True, 0).eval(), _smoke_updetr(False, 1).eval()
+    for m in (fast, plain):  # BN statistics that folding must carry
+        for bn in m.modules():
+            if isinstance(bn, FrozenBatchNorm2d):
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.running_mean.normal_(0, 0.1)
+    g = torch.Generator().manual_seed(2)
+    images = torch.randn(2, 3, 64, 64, generator=g)
+    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
+    boxes = torch.rand(2, 2, 4, generator=g) * 0.5 + 0.25
+    with torch.no_grad():
+        before = fast(images, mask, patch_boxes=boxes)["pred_boxes"]
+        ref = plain(images, mask, patch_boxes=boxes)["pred_boxes"]
+        fast.load_state_dict(plain.state_dict())
+        after = fast(images, mask, patch_boxes=boxes)["pred_boxes"]
+    assert (before - ref).abs().max() > 1e-2  # different weights, different boxes
+    assert (after - ref).norm() / ref.norm() < 0.02  # the plain weights, within bf16
+    back = _smoke_updetr(False, 2)
+    back.load_state_dict(fast.state_dict())
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in back.state_dict().items())

@@ -494,3 +494,29 @@ def test_box_head_is_a_relu_mlp():
     assert not torch.allclose(want, c(b(a(x))), atol=1e-3)  # the ReLUs matter for this x
     detr = build_detr(get_config("smoke"))
     assert [tuple(lin.weight.shape) for lin in detr.bbox_embed.layers] == [(32, 32)] * 2 + [(4, 32)]
+
+
+@pytest.mark.parametrize(
+    "stage, overrides, trains",
+    [
+        ("pretrain", [], False),  # the paper's frozen pre-training CNN
+        ("pretrain", ["pretrain.lr_backbone=1e-5"], False),  # model.frozen_cnn wins
+        ("pretrain", ["model.frozen_cnn=False"], False),  # lr_backbone 0: never steps
+        ("pretrain", ["model.frozen_cnn=False", "pretrain.lr_backbone=1e-5"], True),
+        ("finetune", [], False),  # the smoke preset fine-tunes with lr_backbone 0
+        ("finetune", ["finetune.lr_backbone=1e-5"], True),  # DETR: layer2 on train
+    ],
+)
+def test_cnn_trains_is_the_rule_the_models_and_the_engine_follow(stage, overrides, trains):
+    from updetr_lite.engine.train import prepare_model
+    from updetr_lite.models import cnn_trains
+
+    cfg = get_config("smoke", [*overrides, f"{stage}.cache_features=False"])
+    assert cnn_trains(cfg, stage) is trains
+    model = (build_updetr if stage == "pretrain" else build_detr)(cfg)
+    trained = {n for n, p in model.backbone.named_parameters() if p.requires_grad}
+    stages = {n.split(".")[2] for n in trained}
+    assert stages == ({"layer2", "layer3"} if trains else set())  # smoke: resnet18 to layer3
+    assert prepare_model(cfg, stage)[2] is trains
+    with pytest.raises(ValueError, match="stage"):
+        cnn_trains(cfg, "pretext")

@@ -20,7 +20,13 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.transforms.v2 import functional as TF
 
-from updetr_lite.fastpath import FrozenCNN, bf16_supported, fold_batch_norms
+from updetr_lite.fastpath import (
+    FastBackbone,
+    FrozenCNN,
+    bf16_supported,
+    fold_batch_norms,
+    is_enabled,
+)
 
 # Stated tolerances (relative, per loss term): the bf16 CNN keeps 8 mantissa bits, so its
 # features differ by ~1% of their norm; the losses follow within 2%. bf16 autocast of the
@@ -87,7 +93,7 @@ def _pretext_run(fast: bool, amp: bool, steps: int = 2) -> list[dict[str, float]
     torch.manual_seed(0)
     model = build_updetr(cfg).train()
     _randomise_batch_norms(model)
-    assert model.backbone[0].fast == fast
+    assert isinstance(model.backbone[0], FastBackbone) == fast
     criterion = build_criterion(cfg, pretext=True)
     optimizer = _optimizer(model, cfg.pretrain)
     g = torch.Generator().manual_seed(1)
@@ -150,7 +156,7 @@ def test_the_benchmarked_model_runs_the_fast_path():
     }
     x, mask = torch.randn(1, 3, 64, 64), torch.zeros(1, 64, 64, dtype=torch.bool)
     model.backbone(x, mask)
-    runner = model.backbone[0]._fast_cnn[torch.device("cpu")]
+    runner = model.backbone[0]._runners[torch.device("cpu")]
     assert not any(isinstance(mod, FrozenBatchNorm2d) for mod in runner.modules())
     assert bool(runner._bf16_cnn) == bf16_supported("cpu")
     off = fast_path_state(build_updetr(get_config("smoke")), torch.device("cpu"))
@@ -166,7 +172,7 @@ def _dropout_outputs(fast: bool, draws: int = 40) -> torch.Tensor:
     cfg = get_config("smoke", [f"model.fast_path={fast}", "model.dropout=0.1"])
     torch.manual_seed(0)
     model = build_updetr(cfg).train()
-    assert model.transformer.fast == fast
+    assert is_enabled(model)["fast_dropout"] == fast
     g = torch.Generator().manual_seed(1)
     images = torch.randn(2, 3, 64, 64, generator=g)
     mask = torch.zeros(2, 64, 64, dtype=torch.bool)

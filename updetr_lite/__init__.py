@@ -13,7 +13,7 @@ Where each part of the paper lives (module: symbol):
   Hungarian matching, DETR's cost (Sec. 3.1)         models/matcher.py: HungarianMatcher, cost_terms
   Pretext loss Eq. (1), balance M/N, L_rec Eq. (2)     models/criterion.py: SetCriterion
   Frozen pre-training backbone (Sec. 3.1.2, Table 4)   config.py: model.frozen_cnn;
-                                                         engine/train.py: _trainable_cnn
+                                                         models/build.py: cnn_trains
   Attention mask Eq. (3) (Sec. 3.2.1, Fig. 6)          models/updetr.py: group_attention_mask
   Object query shuffle (Sec. 3.2.2)                    models/updetr.py: UPDETR(query_shuffle=)
   Query patch dropout 10 % (Sec. 3.2.2)                models/updetr.py: UPDETR(patch_dropout=)
@@ -25,6 +25,7 @@ Where each part of the paper lives (module: symbol):
                                                          models/updetr.py: localize
   ImageNet normalisation of every CNN input            data/images.py: normalize
   Settings: paper / lite / smoke presets               config.py: paper, lite, smoke
+  Speed switches (not the paper's arithmetic)          fastpath.py: enable (model.fast_path)
   Reproduction of Tables 1-4, Figures 1, 3-6           main.py: plan, run_main; report.py
   Training logs (log.jsonl)                            jsonl.py: read_jsonl
 

@@ -188,17 +188,16 @@ def _summary(timing: dict, batch: int) -> dict:
 def fast_path_state(model, device: torch.device) -> dict:
     """Whether the benchmarked model's CNN really runs the fast path (frozen, BN folded,
     channels_last, bf16 autocast where the hardware has it)."""
-    from .fastpath import bf16_supported
+    from .fastpath import bf16_supported, is_enabled
 
-    cnn = model.backbone[0]
-    frozen = not any(p.requires_grad for p in cnn.parameters())
-    fast = bool(cnn.fast)
+    frozen = not any(p.requires_grad for p in model.backbone.parameters())
+    fast = is_enabled(model)
     return {
         "frozen_cnn": frozen,
-        "fast_cnn": fast,
-        "cnn_bf16": fast and bf16_supported(device),
+        "fast_cnn": fast["fast_cnn"],
+        "cnn_bf16": fast["fast_cnn"] and bf16_supported(device),
         # 16-bit dropout masks and the written-out attention: CPU only (CUDA keeps its kernels)
-        "fast_dropout": bool(getattr(model.transformer, "fast", False)) and device.type == "cpu",
+        "fast_dropout": fast["fast_dropout"] and device.type == "cpu",
     }
 
 
@@ -252,10 +251,7 @@ def bench_pretext(
     from .models import build_criterion, build_updetr
 
     tc, m, p = cfg.pretrain, cfg.model, cfg.pretext
-    model = build_updetr(cfg).to(device).train()
-    if not (tc.lr_backbone > 0 and not m.frozen_cnn):  # as the engine: a CNN that never steps
-        for q in model.backbone.parameters():
-            q.requires_grad_(False)
+    model = build_updetr(cfg).to(device).train()  # its CNN frozen per cnn_trains
     criterion = build_criterion(cfg, pretext=True).to(device)
     optimizer = _optimizer(model, tc)
     g = torch.Generator().manual_seed(0)
@@ -306,10 +302,7 @@ def bench_finetune(
     from .models import build_criterion, build_detr
 
     tc, m = cfg.finetune, cfg.model
-    model = build_detr(cfg).to(device).train()
-    if tc.lr_backbone <= 0:
-        for q in model.backbone.parameters():
-            q.requires_grad_(False)
+    model = build_detr(cfg).to(device).train()  # its CNN frozen per cnn_trains
     criterion = build_criterion(cfg, pretext=False).to(device)
     optimizer = _optimizer(model, tc)
     g = torch.Generator().manual_seed(1)

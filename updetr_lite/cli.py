@@ -167,6 +167,7 @@ def _warn_random_cnn(cfg, stage: str) -> None:
     """The paper preset without CNN weights trains on a random ResNet-50 (frozen in
     pre-training): say so loudly, unless ``model.backbone_weights=random`` asked for it."""
     from .config import RANDOM_CNN
+    from .models.build import cnn_trains
 
     if _rank() != 0:
         return
@@ -176,7 +177,7 @@ def _warn_random_cnn(cfg, stage: str) -> None:
             file=sys.stderr,
         )
     elif not cfg.model.backbone_weights and cfg.name == "paper":
-        frozen = stage == "pretrain" and cfg.model.frozen_cnn
+        frozen = not cnn_trains(cfg, stage)
         bar = "!" * 78
         print(
             f"{bar}\n{PROG}: WARNING: preset paper without model.backbone_weights: the "

@@ -37,9 +37,9 @@ class ModelConfig:
     backbone_layer: str = "layer4"  # last CNN stage used (lite stops at layer3)
     backbone_weights: str | None = None  # local file: torchvision, SwAV, DETR or UP-DETR format
     frozen_cnn: bool = True  # pre-training: no CNN weight trains (the paper's frozen CNN)
-    # The fast path (updetr_lite/fastpath.py): the CNN's fixed part runs folded (BN into conv),
-    # channels_last, without autograd, in bf16 where the hardware has it; on the CPU dropout
-    # draws 16-bit keep masks. False: the plain fp32 path with ATen's dropout.
+    # The fast path (fastpath.enable, applied by the model builders): the CNN's fixed part runs
+    # folded (BN into conv), channels_last, without autograd, in bf16 where the hardware has it;
+    # on the CPU dropout draws 16-bit keep masks. False: the plain fp32 models/ as written.
     fast_path: bool = True
     hidden_dim: int = 256
     nheads: int = 8

@@ -1,27 +1,37 @@
-"""The fast path: the frozen CNN as a pure inference function, and a cheaper CPU dropout.
+"""The fast path: speed switches applied to a model built in plain PyTorch.
 
-When no CNN weight trains (the paper's frozen CNN during pre-training, or
-``lr_backbone == 0``), the CNN needs no autograd graph and its frozen BatchNorm is an
-affine map that folds into the convolution before it. This module builds that folded
-copy, in channels_last memory format, run under ``torch.no_grad`` and, where the CPU
-has bf16 instructions (or on CUDA), in bf16 (a bf16 copy of the folded weights: the numbers
-of bf16 autocast without casting every weight on every call). ``tests/test_fastpath.py``
-states how close it stays to the plain fp32 path.
+``enable(model)`` (called by `updetr_lite.models.build` when ``model.fast_path``, the default)
+changes a DETR / UPDETR in place, keeping every parameter, buffer and state-dict key, so
+checkpoints load and save the same way with the fast path on or off:
 
-On the CPU the transformer's dropout draws its keep masks 4 per 64-bit random word
-(`dropout`) instead of ATen's one random number per element (``bernoulli_``, ~6 ns an
-element: 15 % of a paper-preset pretext step on 2 cores went there).
+- The CNN becomes a `FastBackbone`: the stages whose weights never train (all of them with
+  the paper's frozen pre-training CNN; else the stem and layer1, DETR's rule) run as a
+  `FrozenCNN`, a copy with each frozen BatchNorm folded into the convolution before it,
+  channels_last, under ``torch.no_grad`` and, where the CPU has bf16 instructions (or on
+  CUDA), in bf16 (a bf16 copy of the folded weights: the numbers of bf16 autocast without
+  casting every weight on every call). The copy is derived state: rebuilt after a weight
+  load, never saved. ``tests/test_fastpath.py`` states how close it stays to fp32.
+- Every ``nn.Dropout`` becomes `Dropout` and every ``nn.MultiheadAttention`` becomes
+  `MultiheadAttention`: on the CPU in training, dropout draws its keep masks 4 per 64-bit
+  random word (`dropout`) instead of ATen's one random number per element (``bernoulli_``,
+  ~6 ns an element: 15 % of a paper-preset pretext step on 2 cores went there).
+  Elsewhere (eval, CUDA) they are the plain modules.
+
+Also here: where bf16 autocast is fast (`bf16_supported`, `amp_enabled`).
 """
 
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.ops import FrozenBatchNorm2d
+
+from .models.backbone import Backbone
 
 _BATCH_NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
 
@@ -152,55 +162,141 @@ def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
 
 
 class Dropout(nn.Dropout):
-    """``nn.Dropout`` that uses `dropout` when ``fast`` (no parameters: state dicts unchanged)."""
-
-    def __init__(self, p: float = 0.5, fast: bool = False):
-        super().__init__(p)
-        self.fast = fast
+    """``nn.Dropout`` drawing its masks with `dropout` (no parameters: state dicts unchanged)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return dropout(x, self.p, self.training) if self.fast else super().forward(x)
+        return dropout(x, self.p, self.training)
 
 
-def attention(
-    mha: nn.MultiheadAttention,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    key_padding_mask: torch.Tensor | None = None,
-    attn_mask: torch.Tensor | None = None,
-    fast: bool = False,
-) -> torch.Tensor:
-    """``mha(query, key, value, ..., need_weights=False)[0]`` (batch first) -> [B, L, d].
+class MultiheadAttention(nn.MultiheadAttention):
+    """``nn.MultiheadAttention`` (batch first) whose attention dropout uses `dropout`.
 
-    With ``fast``, while training on the CPU with attention dropout, the same arithmetic
-    written out (projections from ``mha``'s own weights, scaled dot product, softmax) with
-    `dropout` on the attention weights; otherwise ``mha`` itself (on CUDA its fused kernels).
+    While training on the CPU with attention dropout and ``need_weights=False``, the same
+    arithmetic is written out (projections from the module's own weights, scaled dot
+    product, softmax, `dropout` on the attention weights, output projection); otherwise
+    (eval, CUDA's fused kernels, weights asked for) it is ``nn.MultiheadAttention`` itself.
     query [B, L, d]; key, value [B, S, d]; key_padding_mask bool [B, S] (True = ignore);
-    attn_mask [L, S], additive float or bool (True = blocked).
+    attn_mask [L, S], additive float or bool (True = blocked) -> ([B, L, d], None).
     """
-    if not (fast and mha.training and mha.dropout > 0 and query.device.type == "cpu"):
-        return mha(
-            query,
-            key,
-            value,
-            key_padding_mask=key_padding_mask,
-            attn_mask=attn_mask,
-            need_weights=False,
-        )[0]
-    (b, n, d), h = query.shape, mha.num_heads
-    w, bias = mha.in_proj_weight.chunk(3), mha.in_proj_bias.chunk(3)
-    q, k, v = (
-        F.linear(t, wi, bi).unflatten(-1, (h, d // h)).transpose(1, 2)
-        for t, wi, bi in zip((query, key, value), w, bias)
-    )  # [B, h, L or S, d/h]
-    scores = (q * (d // h) ** -0.5) @ k.transpose(-2, -1)  # [B, h, L, S]
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(attn_mask, float("-inf"))
-        else:
-            scores = scores + attn_mask
-    if key_padding_mask is not None:
-        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-    weights = dropout(scores.softmax(-1), mha.dropout, True)
-    return mha.out_proj((weights @ v).transpose(1, 2).reshape(b, n, d))
+
+    def forward(
+        self,
+        query,
+        key,
+        value,
+        key_padding_mask=None,
+        need_weights=True,
+        attn_mask=None,
+        average_attn_weights=True,
+        is_causal=False,
+    ):
+        written_out = (
+            self.training
+            and self.dropout > 0
+            and query.device.type == "cpu"
+            and not need_weights
+            and not is_causal
+            and self.batch_first
+            and self._qkv_same_embed_dim
+            and self.in_proj_bias is not None
+            and self.bias_k is None
+            and not self.add_zero_attn
+        )
+        if not written_out:
+            return super().forward(
+                query,
+                key,
+                value,
+                key_padding_mask=key_padding_mask,
+                need_weights=need_weights,
+                attn_mask=attn_mask,
+                average_attn_weights=average_attn_weights,
+                is_causal=is_causal,
+            )
+        (b, n, d), h = query.shape, self.num_heads
+        w, bias = self.in_proj_weight.chunk(3), self.in_proj_bias.chunk(3)
+        q, k, v = (
+            F.linear(t, wi, bi).unflatten(-1, (h, d // h)).transpose(1, 2)
+            for t, wi, bi in zip((query, key, value), w, bias)
+        )  # [B, h, L or S, d/h]
+        scores = (q * (d // h) ** -0.5) @ k.transpose(-2, -1)  # [B, h, L, S]
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                scores = scores.masked_fill(attn_mask, float("-inf"))
+            else:
+                scores = scores + attn_mask
+        if key_padding_mask is not None:
+            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        weights = dropout(scores.softmax(-1), self.dropout, True)
+        return self.out_proj((weights @ v).transpose(1, 2).reshape(b, n, d)), None
+
+
+class FastBackbone(Backbone):
+    """A `Backbone` whose fixed stages run as a `FrozenCNN`; the same ``body`` module.
+
+    The fixed part is the leading stages of ``body`` none of whose weights require grad when
+    the FastBackbone is made (all of them for a frozen CNN); the stages after it run as
+    usual (autograd, autocast if on). The FrozenCNN is made at the first forward on a device
+    and dropped when weights are loaded into ``body`` (never saved: not a submodule).
+    """
+
+    def __init__(self, plain: Backbone):
+        nn.Module.__init__(self)  # not Backbone.__init__: take plain's modules, build none
+        self.body = plain.body  # the same modules: the same parameters and state-dict keys
+        self.name, self.layer, self.num_channels = plain.name, plain.layer, plain.num_channels
+        stages = list(self.body)
+        trains = [any(p.requires_grad for p in self.body[s].parameters()) for s in stages]
+        n_fixed = trains.index(True) if any(trains) else len(stages)
+        self.fixed, self.trained = tuple(stages[:n_fixed]), tuple(stages[n_fixed:])
+        runners: dict[torch.device, FrozenCNN] = {}
+        self._runners = runners
+        self.body.register_load_state_dict_post_hook(lambda *_: runners.clear())
+
+    def _fixed_part(self) -> nn.Module:
+        if not self.trained:
+            return self.body
+        return nn.Sequential(OrderedDict((n, self.body[n]) for n in self.fixed))
+
+    def trunk(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device not in self._runners:
+            self._runners.clear()
+            self._runners[x.device] = FrozenCNN(self._fixed_part()).to(x.device)
+        x = self._runners[x.device](x)
+        if not self.trained:
+            return x["0"]
+        for name in self.trained:
+            x = self.body[name](x)
+        return x
+
+
+def enable(model: nn.Module) -> nn.Module:
+    """Put ``model`` (a DETR, UPDETR or Backbone built plain) on the fast path; returns it.
+
+    In place: the `Backbone` is replaced by a `FastBackbone` holding the same ``body``, and
+    each ``nn.Dropout`` / ``nn.MultiheadAttention`` object becomes this module's subclass
+    (the same object, parameters and state-dict keys; the subclass only adds a forward), so
+    optimizers, checkpoints and the RNG stream are untouched; a second call changes nothing.
+    Call it once ``requires_grad`` is final: it reads which CNN stages are fixed. A bare
+    Backbone cannot be replaced in place: its FastBackbone is returned instead.
+    """
+    if type(model) is Backbone:
+        return FastBackbone(model)
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is Backbone:
+                setattr(parent, name, FastBackbone(child))
+            elif type(child) is nn.Dropout:
+                child.__class__ = Dropout
+            elif type(child) is nn.MultiheadAttention:
+                child.__class__ = MultiheadAttention
+    return model
+
+
+def is_enabled(model: nn.Module) -> dict[str, bool]:
+    """Which switches ``model`` carries: {'fast_cnn': a FastBackbone, 'fast_dropout': a
+    fast-path Dropout or MultiheadAttention (active on the CPU only)}."""
+    mods = list(model.modules())
+    return {
+        "fast_cnn": any(isinstance(m, FastBackbone) for m in mods),
+        "fast_dropout": any(isinstance(m, (Dropout, MultiheadAttention)) for m in mods),
+    }

@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config
+from ..models.build import cnn_trains
 from . import distributed as du
 from . import run_state as rs
 from .loop import TrainingRun
@@ -119,13 +120,6 @@ def report_cnn_weights(model, log, main: bool) -> None:
         log.write({"type": "cnn_weights"} | report.summary())
 
 
-def _trainable_cnn(cfg: Config, stage: str) -> bool:
-    tc = cfg.pretrain if stage == "pretrain" else cfg.finetune
-    if stage == "pretrain":
-        return tc.lr_backbone > 0 and not cfg.model.frozen_cnn
-    return tc.lr_backbone > 0
-
-
 def _build(cfg: Config, stage: str):
     from ..models import build_criterion, build_detr, build_updetr
 
@@ -139,7 +133,7 @@ def prepare_model(cfg: Config, stage: str):
     or the frozen pre-training CNN) gets requires_grad False: no gradient, not in the optimizer.
     """
     model, criterion, _, _ = _build(cfg, stage)
-    trainable_cnn = _trainable_cnn(cfg, stage)
+    trainable_cnn = cnn_trains(cfg, stage)
     if not trainable_cnn:
         for p in model.backbone.parameters():
             p.requires_grad_(False)

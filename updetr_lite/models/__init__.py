@@ -1,7 +1,15 @@
-"""DETR and UP-DETR models, the Hungarian matcher, the losses and weight loading."""
+"""DETR and UP-DETR models in plain PyTorch, the Hungarian matcher, the losses and weight
+loading. The builders apply `updetr_lite.fastpath` afterwards (``model.fast_path``)."""
 
 from .backbone import Backbone
-from .build import build_backbone, build_criterion, build_detr, build_transformer, build_updetr
+from .build import (
+    build_backbone,
+    build_criterion,
+    build_detr,
+    build_transformer,
+    build_updetr,
+    cnn_trains,
+)
 from .criterion import SetCriterion
 from .detr import DETR, MLP, Joiner
 from .matcher import HungarianMatcher
@@ -33,6 +41,7 @@ __all__ = [
     "build_detr",
     "build_transformer",
     "build_updetr",
+    "cnn_trains",
     "group_attention_mask",
     "init_detr_from_pretext",
     "load_cnn_weights",

@@ -1,10 +1,15 @@
-"""Build the models and losses from a `updetr_lite.config.Config`."""
+"""Build the models and losses from a `updetr_lite.config.Config`.
+
+The models are built in plain PyTorch; with ``model.fast_path`` (the default)
+`updetr_lite.fastpath.enable` then swaps in the speed switches, state-dict keys unchanged.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 
+from .. import fastpath
 from ..config import RANDOM_CNN, Config, ConfigError
 from .backbone import Backbone
 from .criterion import SetCriterion
@@ -17,16 +22,31 @@ from .weights import load_cnn_weights
 log = logging.getLogger(__name__)
 
 
-def build_backbone(cfg: Config, frozen: bool | None = None) -> Backbone:
-    """The CNN of cfg.model; ``frozen`` defaults to cfg.model.frozen_cnn. Loads
+def cnn_trains(cfg: Config, stage: str) -> bool:
+    """Whether any CNN weight trains in ``stage`` ('pretrain' or 'finetune'): the one rule the
+    model builders, the engine, the bench and the feature cache follow.
+
+    Pre-training keeps the paper's frozen CNN unless ``model.frozen_cnn=False`` and
+    ``pretrain.lr_backbone > 0``; fine-tuning trains it when ``finetune.lr_backbone > 0``,
+    then only DETR's layer2..layer4 (`Backbone`'s ``train_layers_from``). A CNN that does not
+    train gets no gradient, no optimizer slot and (fast path) no autograd graph.
+    """
+    if stage == "pretrain":
+        return cfg.pretrain.lr_backbone > 0 and not cfg.model.frozen_cnn
+    if stage == "finetune":
+        return cfg.finetune.lr_backbone > 0
+    raise ValueError(f"stage must be 'pretrain' or 'finetune', not {stage!r}")
+
+
+def build_backbone(cfg: Config, stage: str = "pretrain") -> Backbone:
+    """The plain CNN of cfg.model for ``stage``, frozen unless `cnn_trains`. Loads
     cfg.model.backbone_weights when set (a local file; FileNotFoundError naming it if absent)."""
     cfg.validate()  # unknown backbone, N % M, ... -> ConfigError with a one-line message
     m = cfg.model
     weights = None if m.backbone_weights == RANDOM_CNN else m.backbone_weights
     if weights and not os.path.isfile(weights):
         raise FileNotFoundError(f"model.backbone_weights: no such file: {weights}")
-    frozen = m.frozen_cnn if frozen is None else frozen
-    backbone = Backbone(m.backbone, m.backbone_layer, frozen, fast=m.fast_path)
+    backbone = Backbone(m.backbone, m.backbone_layer, frozen_cnn=not cnn_trains(cfg, stage))
     if weights:
         # kept on the CNN: the training loop prints it and writes it to log.jsonl
         backbone.weights_report = load_cnn_weights(backbone, weights)
@@ -45,26 +65,29 @@ def build_transformer(cfg: Config) -> Transformer:
         dropout=m.dropout,
         normalize_before=m.pre_norm,
         pos_in_values=m.pos_in_values,
-        fast=m.fast_path,
         enc_layer_scale=m.enc_layer_scale,
     )
 
 
+def _fast(model, cfg: Config):
+    return fastpath.enable(model) if cfg.model.fast_path else model
+
+
 def build_detr(cfg: Config) -> DETR:
-    """The detector, num_classes = cfg.model.num_classes (+ no-object). Its CNN is frozen (no
-    gradient, no graph) when cfg.finetune.lr_backbone == 0, else layer2..layer4 train."""
-    backbone = build_backbone(cfg, frozen=cfg.finetune.lr_backbone == 0)
+    """The detector, num_classes = cfg.model.num_classes (+ no-object). Its CNN trains per
+    `cnn_trains` (cfg, 'finetune'); the fast path is on per cfg.model.fast_path."""
+    backbone = build_backbone(cfg, "finetune")
     m = cfg.model
-    return DETR(backbone, build_transformer(cfg), m.num_classes, m.num_queries, m.aux_loss)
+    detr = DETR(backbone, build_transformer(cfg), m.num_classes, m.num_queries, m.aux_loss)
+    return _fast(detr, cfg)
 
 
 def build_updetr(cfg: Config) -> UPDETR:
-    """The pretext model (2 classes + no-object). Its CNN is frozen when cfg.model.frozen_cnn
-    or cfg.pretrain.lr_backbone == 0 (a CNN that never steps need not build a graph)."""
-    frozen = cfg.model.frozen_cnn or cfg.pretrain.lr_backbone == 0
-    backbone = build_backbone(cfg, frozen=frozen)
+    """The pretext model (2 classes + no-object). Its CNN trains per `cnn_trains` (cfg,
+    'pretrain'); the fast path is on per cfg.model.fast_path."""
+    backbone = build_backbone(cfg, "pretrain")
     m, p = cfg.model, cfg.pretext
-    return UPDETR(
+    updetr = UPDETR(
         backbone,
         build_transformer(cfg),
         num_classes=2,
@@ -77,6 +100,7 @@ def build_updetr(cfg: Config) -> UPDETR:
         patch_feature=p.patch_feature,
         patch_init_gain=p.patch_init_gain,
     )
+    return _fast(updetr, cfg)
 
 
 def build_criterion(cfg: Config, pretext: bool) -> SetCriterion:

@@ -2,6 +2,8 @@
 
 Module names follow DETR (``encoder.layers.i.self_attn``, ``decoder.layers.i.multihead_attn``,
 ``linear1``, ``norm1`` ...) so the authors' state dicts load directly. Tensors are batch first.
+Plain ``nn.MultiheadAttention`` and ``nn.Dropout``: `updetr_lite.fastpath.enable` swaps in
+its CPU variants (same arithmetic, cheaper dropout masks) after the model is built.
 """
 
 from __future__ import annotations
@@ -10,11 +12,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fastpath import Dropout, attention
-
 
 def _with_pos(x: torch.Tensor, pos: torch.Tensor | None) -> torch.Tensor:
     return x if pos is None else x + pos
+
+
+def _attend(mha: nn.MultiheadAttention, query, key, value, key_padding_mask=None, attn_mask=None):
+    """query [B, L, d], key and value [B, S, d]; key_padding_mask bool [B, S] (True = ignore);
+    attn_mask [L, S] additive -> [B, L, d] (the attention weights are not returned)."""
+    return mha(
+        query,
+        key,
+        value,
+        key_padding_mask=key_padding_mask,
+        attn_mask=attn_mask,
+        need_weights=False,
+    )[0]
 
 
 class EncoderLayer(nn.Module):
@@ -29,18 +42,16 @@ class EncoderLayer(nn.Module):
         dim_feedforward,
         dropout,
         normalize_before,
-        fast=False,
         layer_scale=0.0,
     ):
         super().__init__()
         self.self_attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = Dropout(dropout, fast)
+        self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1, self.norm2 = nn.LayerNorm(d_model), nn.LayerNorm(d_model)
-        self.dropout1, self.dropout2 = Dropout(dropout, fast), Dropout(dropout, fast)
+        self.dropout1, self.dropout2 = nn.Dropout(dropout), nn.Dropout(dropout)
         self.normalize_before = normalize_before
-        self.fast = fast
         self.gamma1 = self.gamma2 = None
         if layer_scale > 0:
             self.gamma1 = nn.Parameter(torch.full((d_model,), float(layer_scale)))
@@ -58,11 +69,12 @@ class EncoderLayer(nn.Module):
         if self.normalize_before:
             x = self.norm1(src)
             q = k = _with_pos(x, pos)
-            attn = attention(self.self_attn, q, k, x, key_padding_mask, fast=self.fast)
-            src = src + self._scaled(self.dropout1(attn), self.gamma1)
+            src = src + self._scaled(
+                self.dropout1(_attend(self.self_attn, q, k, x, key_padding_mask)), self.gamma1
+            )
             return src + self._scaled(self.dropout2(self._ffn(self.norm2(src))), self.gamma2)
         q = k = _with_pos(src, pos)
-        attn = attention(self.self_attn, q, k, src, key_padding_mask, fast=self.fast)
+        attn = _attend(self.self_attn, q, k, src, key_padding_mask)
         src = self.norm1(src + self._scaled(self.dropout1(attn), self.gamma1))
         return self.norm2(src + self._scaled(self.dropout2(self._ffn(src)), self.gamma2))
 
@@ -75,7 +87,6 @@ class DecoderLayer(nn.Module):
         dim_feedforward,
         dropout,
         normalize_before,
-        fast=False,
         pos_in_values=False,
     ):
         super().__init__()
@@ -84,12 +95,11 @@ class DecoderLayer(nn.Module):
             d_model, nhead, dropout=dropout, batch_first=True
         )
         self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.dropout = Dropout(dropout, fast)
+        self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(d_model) for _ in range(3))
-        self.dropout1, self.dropout2, self.dropout3 = (Dropout(dropout, fast) for _ in range(3))
+        self.dropout1, self.dropout2, self.dropout3 = (nn.Dropout(dropout) for _ in range(3))
         self.normalize_before = normalize_before
-        self.fast = fast
         self.pos_in_values = pos_in_values
 
     def _ffn(self, x):
@@ -97,14 +107,12 @@ class DecoderLayer(nn.Module):
 
     def _self(self, x, query_pos, tgt_mask):
         q = k = _with_pos(x, query_pos)
-        return attention(self.self_attn, q, k, x, attn_mask=tgt_mask, fast=self.fast)
+        return _attend(self.self_attn, q, k, x, attn_mask=tgt_mask)
 
     def _cross(self, x, memory, memory_mask, pos, query_pos):
         key = _with_pos(memory, pos)
         value = key if self.pos_in_values else memory
-        return attention(
-            self.multihead_attn, _with_pos(x, query_pos), key, value, memory_mask, fast=self.fast
-        )
+        return _attend(self.multihead_attn, _with_pos(x, query_pos), key, value, memory_mask)
 
     def forward(self, tgt, memory, tgt_mask, memory_mask, pos, query_pos):
         """tgt, query_pos [B, N, d]; memory, pos [B, S, d]; tgt_mask additive [N, N] or None;
@@ -171,11 +179,10 @@ class Transformer(nn.Module):
         dropout: float = 0.1,
         normalize_before: bool = False,
         pos_in_values: bool = False,
-        fast: bool = False,
         enc_layer_scale: float = 0.0,
     ):
         super().__init__()
-        args = (d_model, nhead, dim_feedforward, dropout, normalize_before, fast)
+        args = (d_model, nhead, dim_feedforward, dropout, normalize_before)
         self.encoder = Encoder(
             [EncoderLayer(*args, enc_layer_scale) for _ in range(num_encoder_layers)],
             nn.LayerNorm(d_model) if normalize_before else None,
@@ -184,7 +191,7 @@ class Transformer(nn.Module):
             [DecoderLayer(*args, pos_in_values) for _ in range(num_decoder_layers)],
             nn.LayerNorm(d_model),
         )
-        self.d_model, self.nhead, self.fast = d_model, nhead, fast
+        self.d_model, self.nhead = d_model, nhead
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
