@@ -212,7 +212,12 @@ def test_enable_swaps_modules_in_place_and_keeps_every_tensor():
     assert not any(mod.startswith("updetr_lite.fastpath") for mod in names.values()), names
     n_drop = sum(type(m) is nn.Dropout for m in plain.modules())
     n_mha = sum(type(m) is nn.MultiheadAttention for m in plain.modules())
-    assert n_drop == 3 + 4 and n_mha == 1 + 2  # smoke: 1 encoder layer, 1 decoder layer
+    # per encoder layer 3 dropouts and 1 attention, per decoder layer 4 and 2
+    from updetr_lite.config import get_config
+
+    smoke = get_config("smoke").model
+    assert n_drop == 3 * smoke.enc_layers + 4 * smoke.dec_layers
+    assert n_mha == smoke.enc_layers + 2 * smoke.dec_layers
     assert sum(type(m) is fastpath.Dropout for m in fast.modules()) == n_drop
     assert sum(type(m) is fastpath.MultiheadAttention for m in fast.modules()) == n_mha
     assert not any(type(m) in (nn.Dropout, nn.MultiheadAttention) for m in fast.modules())
