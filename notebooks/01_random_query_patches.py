@@ -164,6 +164,7 @@ viz.show_image(
     viz.cxcywh_to_pixel_xyxy(
         targets[0]["boxes"], (int((~mask[0]).any(1).sum()), int((~mask[0]).any(0).sum()))
     ),
+    [f"patch {i}" for i in range(M)],
     title="a training image and its query patch boxes",
 )
 plt.show()

@@ -519,3 +519,36 @@ def test_training_patch_boxes_inside_the_image_and_seeded():
     for x0, y0, x1, y1 in boxes:
         assert 0 <= x0 < x1 <= 160 and 0 <= y0 < y1 <= 90
         assert 0.25 * 160 <= x1 - x0 <= 0.6 * 160 and 0.25 * 90 <= y1 - y0 <= 0.6 * 90
+
+
+def test_cost_matrix_ticks_are_whole_cells():
+    import matplotlib.pyplot as plt
+
+    ax = viz.plot_cost_matrix(torch.rand(6, 2), ylabel="")
+    assert list(ax.get_xticks()) == [0, 1]  # not -0.5 ... 1.5 for two targets
+    yt = ax.get_yticks()
+    assert list(yt) == [0, 1, 2, 3, 4, 5]
+    assert ax.get_ylabel() == ""
+    plt.close("all")
+
+
+def test_picture_keys_labels_and_zero_bars():
+    import matplotlib.pyplot as plt
+
+    fig = viz.plot_histograms({"a": [1, 2, 2], "b": [0.5]})
+    assert [ax.get_ylabel() for ax in fig.axes] == ["count", "count"]
+    ax = viz.plot_attention_mask(torch.zeros(4, 4))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "may attend (0)",
+        "blocked (-inf)",
+    ]
+    _, ax = plt.subplots()
+    ax.bar([0, 1, 2], [0.0, 1.0, 0.5])
+    ax.bar([3], [1e-9])
+    assert viz.mark_zero_bars(ax, "0") == 2
+    assert [t.get_text() for t in ax.texts] == ["0", "0"]
+    _, ax = plt.subplots()
+    viz.draw_boxes(ax, [[2, 3, 10, 20]], ["q0"], label_at="bottom")
+    viz.draw_boxes(ax, [[2, 3, 10, 20]], ["p0"])
+    assert [t.get_position()[1] for t in ax.texts] == [20, 3]
+    plt.close("all")
