@@ -49,7 +49,9 @@ SHIPPED_DIR = Path(__file__).resolve().parent / "data" / "demo_checkpoint"
 SHIPPED_CHECKPOINT = SHIPPED_DIR / "lite_demo.pth"
 SHIPPED_RECORD = SHIPPED_DIR / "lite_demo.json"
 # the lite pre-training checkpoint `bash run.sh` writes (the lite plan's run pre_roi_s0)
-MAIN_RUN_CHECKPOINT = Path(__file__).resolve().parents[1] / "runs" / "main" / "pre_roi_s0" / "last.pth"
+MAIN_RUN_CHECKPOINT = (
+    Path(__file__).resolve().parents[1] / "runs" / "main" / "pre_roi_s0" / "last.pth"
+)
 # Demo checkpoint steps (one torch thread): lite, the shipped checkpoint's steps (its JSON
 # has the measured time); smoke (one 64 px photo, tests only): 1500 steps
 STEPS_FULL, STEPS_SMOKE = 2500, 1500
