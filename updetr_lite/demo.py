@@ -25,7 +25,6 @@ import dataclasses
 import hashlib
 import html
 import io
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -646,11 +645,6 @@ def training_patches_check(
         for box in training_patch_boxes(image, per_image, seed + i):
             ious.append(training_image_patch_check(model, cfg, image, box))
     return ious
-
-
-def env_flag(name: str) -> bool:
-    """True when the environment variable is set to 1/true/yes (e.g. UPDETR_DEMO_SMOKE)."""
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
 
 
 Callback = Callable[[], None]
