@@ -17,7 +17,8 @@
 # %% [markdown]
 # # 3. Matching and losses
 #
-# **Run time:** RUNTIME_03 on 2 CPU cores at the default setting (it loads a checkpoint and
+# **Run time:** 48 s (measured with `updetr-lite notebooks --only 03`, kernel start included, on a busy
+# 2-core machine) at the default setting (it loads a checkpoint and
 # trains nothing).
 #
 # The model makes `N` predictions; the targets are the `M` query patch boxes. Which prediction
