@@ -17,6 +17,10 @@
 # %% [markdown]
 # # 3. Matching and losses
 #
+# **Run time:** 48 s (measured with `updetr-lite notebooks --only 03`, kernel start included, on a busy
+# 2-core machine) at the default setting (it loads a checkpoint and
+# trains nothing).
+#
 # The model makes `N` predictions; the targets are the `M` query patch boxes. Which prediction
 # answers which patch? As DETR, UP-DETR finds the cheapest one-to-one **assignment** with the
 # Hungarian algorithm, then computes the losses on the matched pairs. The cost of pairing
@@ -24,13 +28,15 @@
 #
 # `cost = 1 * (-p_i(patch class)) + 5 * L1(box_i, box_j) + 2 * (-GIoU(box_i, box_j))`.
 #
-# We use the demo's small pre-trained checkpoint, so that the predictions mean something.
+# We use the demo's pre-trained checkpoint (the main job's `runs/main/pre_roi_s0/last.pth`
+# when it exists, else the small lite checkpoint that ships with the kit, see notebook 6), so
+# that the predictions mean something.
 
 # %% tags=["parameters"]
 SMOKE = False
 RESULTS_DIR = "results"
 SEED = 0
-CHECKPOINT = ""  # a pretext checkpoint; empty: the demo's lite checkpoint (trained on first use)
+CHECKPOINT = ""  # a pretext checkpoint file; empty: runs/main's, else the shipped one
 
 # %%
 import random
@@ -50,7 +56,8 @@ results = {}
 from updetr_lite.data.query_patches import sample_boxes
 from updetr_lite.models import HungarianMatcher, build_criterion
 
-checkpoint = demo.ensure_lite_checkpoint(CHECKPOINT or None, smoke=SMOKE)
+checkpoint = demo.ensure_lite_checkpoint(CHECKPOINT or None)
+print(demo.checkpoint_note(checkpoint))
 model, cfg = demo.load_demo_model(checkpoint)
 N, M = model.num_queries, model.num_patches
 photo = next(iter(demo.demo_photos(SMOKE).values()))
@@ -83,7 +90,11 @@ assignment = nc.global_assignment(terms["total"])
 fig, axes = plt.subplots(1, 4, figsize=(14, 4))
 for ax, key in zip(axes, ("class", "bbox", "giou", "total")):
     viz.plot_cost_matrix(
-        terms[key], assignment if key == "total" else None, ax, title=f"{key} cost"
+        terms[key],
+        assignment if key == "total" else None,
+        ax,
+        title=f"{key} cost",
+        ylabel="prediction (object query)" if key == "class" else "",
     )
     for g in range(1, M):
         ax.axhline(g * N // M - 0.5, color="w", linewidth=0.8)
@@ -116,7 +127,7 @@ print(f"global assignment:    queries {assignment[0][order].tolist()}  cost {cos
 print(f"per-group assignment: queries {per_group[0].tolist()}  cost {cost_group:.3f}")
 print(f"patches matched inside their own group by global matching: {sum(own)}/{M}")
 pred_px = viz.cxcywh_to_pixel_xyxy(outputs["pred_boxes"][0], (h, w))
-fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
+fig, axes = plt.subplots(1, 2, figsize=(10, 5))
 for ax, (title, (rows, cols)) in zip(axes, [("global", assignment), ("per group", per_group)]):
     viz.show_image(
         photo,
@@ -125,8 +136,13 @@ for ax, (title, (rows, cols)) in zip(axes, [("global", assignment), ("per group"
         ax=ax,
         linestyle="--",
     )
-    viz.draw_boxes(ax, pred_px[rows[cols.argsort()]], [f"q{int(r)}" for r in rows[cols.argsort()]])
-    ax.set_title(f"{title} matching: dashed = patch, solid = matched query", fontsize=9)
+    # the queries' tags below their boxes, so they do not cover the patches' tags
+    matched_px = pred_px[rows[cols.argsort()]]
+    q_tags = [f"q{int(r)}" for r in rows[cols.argsort()]]
+    viz.draw_boxes(ax, matched_px, q_tags, label_at="bottom")
+    ax.set_title(f"{title} matching", fontsize=10)
+fig.suptitle("dashed: query patch, solid: the object query matched to it", fontsize=9)
+fig.tight_layout()
 plt.show()
 results["global_cost"], results["per_group_cost"] = cost_global, cost_group
 results["matched_in_own_group"] = sum(own)

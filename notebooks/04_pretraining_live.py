@@ -24,7 +24,13 @@
 #
 # The runs use the kit's training engine (`updetr_lite.engine.train.train`), the same one the
 # command line uses; each run writes its configuration, a JSON-lines log and checkpoints into
-# its folder.
+# its folder. **Where the main job has run** (`bash run.sh` writes `runs/main/`), the notebook
+# trains nothing and shows the main job's lite runs `pre_roi_s0` (with the mask) and
+# `pre_nomask_s0` (without), 1500 steps each; it says so below.
+#
+# **Run time** on 2 CPU cores: with `runs/main`, well under a minute; without it, the two
+# `STEPS`-step runs (several minutes at the lite preset). **SMOKE** (tests: 30 steps at toy
+# sizes) cannot show Figure 6's difference: its two curves nearly coincide.
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -32,6 +38,7 @@ RESULTS_DIR = "results"
 SEED = 0
 STEPS = 400  # optimizer steps per run (SMOKE: a few)
 RUN_DIR = ""  # where the runs go; empty: runs/notebooks/04_pretraining
+USE_MAIN_RUNS = True  # show runs/main's pre-training runs when they exist (not with SMOKE)
 
 # %%
 import random
@@ -55,9 +62,16 @@ from updetr_lite.engine.train import train
 
 steps = 30 if SMOKE else STEPS
 run_root = Path(RUN_DIR) if RUN_DIR else nc.project_root() / "runs" / "notebooks" / "04_pretraining"
-runs = {}
-for flag in (True, False):
-    out = run_root / ("with_mask" if flag else "without_mask")
+main_dirs = {True: nc.project_root() / "runs" / "main" / "pre_roi_s0",
+             False: nc.project_root() / "runs" / "main" / "pre_nomask_s0"}  # fmt: skip
+from_main = (
+    USE_MAIN_RUNS and not SMOKE and all((d / "last.pth").is_file() for d in main_dirs.values())
+)
+run_dirs = main_dirs if from_main else {
+    flag: run_root / ("with_mask" if flag else "without_mask") for flag in (True, False)
+}  # fmt: skip
+for flag in (True, False) if not from_main else ():
+    out = run_dirs[flag]
     shutil.rmtree(out, ignore_errors=True)  # a fresh run each time the notebook runs
     cfg = nc.notebook_config(
         PRESET,
@@ -71,8 +85,11 @@ for flag in (True, False):
             *(["model.dec_layers=2"] if SMOKE else []),
         ],
     )
-    runs[flag] = train(cfg, "pretrain", out)
+    train(cfg, "pretrain", out)
     print("with mask" if flag else "without mask", "->", out)
+if from_main:
+    print("the main job's runs (nothing trained here):", *run_dirs.values(), sep="\n  ")
+results["from_main_runs"] = from_main
 
 
 # %% [markdown]
@@ -86,10 +103,7 @@ def train_records(out):
     return [r for r in viz.read_jsonl(Path(out) / "log.jsonl") if r.get("type") == "train"]
 
 
-logs = {
-    flag: train_records(run_root / ("with_mask" if flag else "without_mask"))
-    for flag in (True, False)
-}
+logs = {flag: train_records(run_dirs[flag]) for flag in (True, False)}
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
 window = 3 if SMOKE else 5
 viz.plot_curves(
@@ -126,7 +140,7 @@ results["max_loss_difference"] = max(abs(a - b) for a, b in zip(with_mask, witho
 from updetr_lite.data.embedded import build_embedded
 from updetr_lite.data.query_patches import sample_boxes
 
-model, cfg = demo.load_demo_model(run_root / "with_mask" / "last.pth")
+model, cfg = demo.load_demo_model(run_dirs[True] / "last.pth")
 unlabeled = sorted(f for f in Path(build_embedded(cfg.data).unlabeled).rglob("*") if f.is_file())
 image = demo.read_image(unlabeled[0])
 h, w = image.shape[:2]

@@ -26,7 +26,14 @@
 #   pre-training run (the class head is new: the pretext had 2 classes).
 #
 # The embedded data is a stand-in for VOC / COCO, not a benchmark: short runs on it show the
-# mechanics and the trend, not the paper's numbers.
+# mechanics and the trend, not the paper's numbers. **Where the main job has run**
+# (`bash run.sh` writes `runs/main/`), the notebook trains nothing and shows the main job's
+# lite fine-tunings `ft_scratch_s0` and `ft_roi_s0` (800 steps each, the latter from the
+# pre-training `pre_roi_s0`); it says so below.
+#
+# **Run time** on 2 CPU cores: with `runs/main`, about a minute; without it, one pre-training
+# and two fine-tunings (many minutes at the lite preset). **SMOKE** (tests: 20 + 16 steps at
+# toy sizes) cannot show a difference: both arms stay at AP 0 and predict no box.
 
 # %% tags=["parameters"]
 SMOKE = False
@@ -35,6 +42,7 @@ SEED = 0
 PRETRAIN_STEPS = 1000  # pre-training steps (SMOKE: a few)
 FINETUNE_STEPS = 600  # fine-tuning steps per arm
 RUN_DIR = ""  # where the runs go; empty: runs/notebooks/05_finetuning
+USE_MAIN_RUNS = True  # show runs/main's fine-tuning runs when they exist (not with SMOKE)
 
 # %%
 import random
@@ -58,7 +66,14 @@ from updetr_lite.engine.train import train
 
 pre_steps, ft_steps = (20, 16) if SMOKE else (PRETRAIN_STEPS, FINETUNE_STEPS)
 run_root = Path(RUN_DIR) if RUN_DIR else nc.project_root() / "runs" / "notebooks" / "05_finetuning"
-shutil.rmtree(run_root, ignore_errors=True)
+main = nc.project_root() / "runs" / "main"
+main_dirs = {"pretrain": main / "pre_roi_s0", "updetr": main / "ft_roi_s0",
+             "scratch": main / "ft_scratch_s0"}  # fmt: skip
+from_main = (
+    USE_MAIN_RUNS and not SMOKE and all((d / "last.pth").is_file() for d in main_dirs.values())
+)
+arm_dirs = main_dirs if from_main else {k: run_root / k for k in main_dirs}
+results["from_main_runs"] = from_main
 common = [
     f"pretrain.seed={SEED}",
     f"finetune.seed={SEED}",
@@ -68,11 +83,13 @@ common = [
 cfg = nc.notebook_config(
     PRESET, common + [f"pretrain.max_steps={pre_steps}", f"finetune.max_steps={ft_steps}"]
 )
-summaries = {"pretrain": train(cfg, "pretrain", run_root / "pretrain")}
-summaries["updetr"] = train(
-    cfg, "finetune", run_root / "updetr", init=run_root / "pretrain" / "last.pth"
-)
-summaries["scratch"] = train(cfg, "finetune", run_root / "scratch")
+if from_main:
+    print("the main job's runs (nothing trained here):", *arm_dirs.values(), sep="\n  ")
+else:
+    shutil.rmtree(run_root, ignore_errors=True)
+    train(cfg, "pretrain", arm_dirs["pretrain"])
+    train(cfg, "finetune", arm_dirs["updetr"], init=arm_dirs["pretrain"] / "last.pth")
+    train(cfg, "finetune", arm_dirs["scratch"])
 
 # %% [markdown]
 # ## AP during fine-tuning
@@ -81,7 +98,7 @@ summaries["scratch"] = train(cfg, "finetune", run_root / "scratch")
 
 # %%
 evals = {
-    arm: [r for r in viz.read_jsonl(run_root / arm / "log.jsonl") if r.get("type") == "eval"]
+    arm: [r for r in viz.read_jsonl(arm_dirs[arm] / "log.jsonl") if r.get("type") == "eval"]
     for arm in ("scratch", "updetr")
 }
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
@@ -116,7 +133,7 @@ from updetr_lite.engine.inference import load_model, predict_image
 paths = build_embedded(cfg.data)
 val_files = sorted(Path(paths.val_images).iterdir())[:3]
 models = {
-    arm: load_model(run_root / arm / "last.pth", kind="detection") for arm in ("scratch", "updetr")
+    arm: load_model(arm_dirs[arm] / "last.pth", kind="detection") for arm in ("scratch", "updetr")
 }
 fig, axes = plt.subplots(2, len(val_files), figsize=(3.2 * len(val_files), 6.6), squeeze=False)
 for row, (arm, (m, mcfg)) in enumerate(models.items()):

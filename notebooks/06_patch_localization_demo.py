@@ -17,13 +17,23 @@
 # %% [markdown]
 # # 6. Patch localization demo
 #
+# **Run time:** 29 s (measured with `updetr-lite notebooks --only 06` on a busy 2-core machine) at the default
+# setting (it loads a checkpoint and
+# trains nothing).
+#
 # Choose an image, choose query patches with the sliders (x, y, width, height), toggle the
 # augmentation of the patches, and see where the pre-trained UP-DETR finds them: dashed boxes
 # are your query patches, solid boxes the model's answer with its confidence. This is the
 # paper's Figure 5 (unsupervised localization of query patches), live.
 #
-# **Checkpoint.** By default the kit's lite pretext checkpoint, trained on first use on the
-# embedded photos (a progress bar shows it: 1500 steps, roughly 15 minutes on 2 CPU cores; then cached in
+# **Checkpoint.** The lite pre-training of the main job (`bash run.sh` writes
+# `runs/main/pre_roi_s0/last.pth`) when it exists; otherwise the small lite checkpoint that
+# ships with the kit (`updetr_lite/data/demo_checkpoint/lite_demo.pth`, 7.5 MB, written by
+# `python -m updetr_lite.demo --make-checkpoint`; `lite_demo.json` beside it records its
+# settings, training time and IoU). That one was trained on the 10 demo photos only: it finds
+# patches of those, and knows little of other photos. `TRAIN_FRESH = True` trains a new one on
+# the demo photos instead (2500 steps with a progress bar; about 4 min of one CPU core: the shipped one took 235 s of CPU time, 20 min of wall time on
+# a busy shared machine, cached in
 # `.cache/updetr_lite/demo/`). To use the authors' UP-DETR checkpoint
 # (`up-detr-pre-training-60ep-imagenet.pth`, ResNet-50, downloaded by you), set
 # `AUTHORS_CHECKPOINT` to its local path. Nothing is downloaded by the kit.
@@ -34,73 +44,79 @@
 SMOKE = False
 RESULTS_DIR = "results"
 INTERACTIVE = True  # False: static figure (headless runs)
+TRAIN_FRESH = False  # True: train a new demo checkpoint here (minutes, see above)
 AUTHORS_CHECKPOINT = ""  # local path to the authors' pre-training checkpoint, or empty
-CHECKPOINT = ""  # where the kit's lite checkpoint is kept; empty: .cache/updetr_lite/demo/
+CHECKPOINT = ""  # a pretext checkpoint file; empty: runs/main's, else the shipped one
 NUM_PATCHES = 2  # query patches with sliders
 
 # %%
-import os
+import json
 
 import matplotlib.pyplot as plt
 
 from updetr_lite import demo
 from updetr_lite import notebook_checks as nc
 
-# the browser test starts JupyterLab with UPDETR_DEMO_SMOKE=1: a tiny checkpoint
-SMOKE = SMOKE or demo.env_flag("UPDETR_DEMO_SMOKE")
-CHECKPOINT = CHECKPOINT or os.environ.get("UPDETR_DEMO_CHECKPOINT", "")
 checkpoint = demo.ensure_lite_checkpoint(
-    CHECKPOINT or None, smoke=SMOKE, authors_checkpoint=AUTHORS_CHECKPOINT or None
+    CHECKPOINT or None,
+    smoke=SMOKE,
+    authors_checkpoint=AUTHORS_CHECKPOINT or None,
+    train=TRAIN_FRESH,
 )
 photos = demo.demo_photos()
-print("checkpoint:", checkpoint)
 print("images:", ", ".join(photos))
 
 # %% [markdown]
 # ## The demo
 #
 # Move a slider and the prediction updates; the text box lists each query patch, the
-# predicted box (pixels x0, y0, x1, y1), its confidence and its IoU with the query patch.
-# You can also type the path of your own image, or upload one.
+# predicted box (pixels x0, y0, x1, y1, clipped to the image), its confidence and its IoU with
+# the query patch. You can also type the path of your own image, or upload one; choosing a
+# photo from the list switches back.
 
 # %%
 state = demo.open_demo(checkpoint, photos, interactive=INTERACTIVE, num_patches=NUM_PATCHES)
 plt.show()
 
 # %% [markdown]
-# ## Check: a patch cut from a training image
+# ## Check: patches cut from the demo photos
 #
-# The demo checkpoint was trained on these photos, so a patch cut from one of them should be
-# found where it was cut: we record the IoU between the predicted box and the patch's own
-# box for a fixed patch (the middle of the first training photo), without and with the
-# augmentation, and for 4 seeded random patches of every training photo, whose mean IoU
-# must be above 0.5.
+# IoU 1 means the model put its box exactly where the patch was cut. We record the IoU for a
+# fixed patch (the middle of the first photo), without and with the augmentation, and for 4
+# seeded random patches of every photo (SMOKE: of the first photo only). Single patches vary a
+# lot (the shipped checkpoint's range from 0.31 to 0.89); what
+# the kit checks is the mean over the seeded patches, which for the shipped checkpoint must
+# match the mean recorded in its `lite_demo.json` (0.63 over 40 patches). These photos
+# are the shipped checkpoint's training photos; for the main job's checkpoint they are new.
 
 # %%
 results = {}
 model, cfg = state.model, state.cfg
-training_photos = demo.demo_photos(SMOKE)
-train_photo = next(iter(training_photos.values()))
-h, w = train_photo.shape[:2]
+check_photos = demo.demo_photos(SMOKE)
+first_photo = next(iter(check_photos.values()))
+h, w = first_photo.shape[:2]
 fixed_box = [0.3 * w, 0.3 * h, 0.6 * w, 0.6 * h]
-results["iou_fixed_patch"] = demo.training_image_patch_check(model, cfg, train_photo, fixed_box)
+results["iou_fixed_patch"] = demo.training_image_patch_check(model, cfg, first_photo, fixed_box)
 results["iou_fixed_patch_augmented"] = demo.training_image_patch_check(
-    model, cfg, train_photo, fixed_box, augment=True
+    model, cfg, first_photo, fixed_box, augment=True
 )
-ious = demo.training_patches_check(model, cfg, training_photos, per_image=4)
+ious = demo.training_patches_check(model, cfg, check_photos, per_image=4)
 results["iou_training_patches"] = ious
 results["iou_training_patches_mean"] = sum(ious) / len(ious)
-print(f"mean IoU over {len(ious)} training patches: {results['iou_training_patches_mean']:.3f}")
+print(f"mean IoU over {len(ious)} patches: {results['iou_training_patches_mean']:.3f}")
 results["smoke"] = bool(SMOKE)
 results["authors_checkpoint"] = bool(AUTHORS_CHECKPOINT)
+results["shipped_checkpoint"] = checkpoint == demo.SHIPPED_CHECKPOINT
 results["shown_boxes"] = len(state.result["boxes"])
-check = demo.DemoState(model, cfg, train_photo, [fixed_box])
+check = demo.DemoState(model, cfg, first_photo, [fixed_box])
 demo.static_demo_figure(check)
 plt.show()
 print(check.summary())
-if not AUTHORS_CHECKPOINT:  # the kit's checkpoint must find patches of its training photos
-    mean_iou = results["iou_training_patches_mean"]
-    assert mean_iou > 0.5, f"mean IoU {mean_iou:.3f} <= 0.5"
+if results["shipped_checkpoint"]:  # the same patches as its record, the same IoU
+    recorded = json.loads(demo.SHIPPED_RECORD.read_text())["test_ious"][: len(ious)]
+    results["recorded_ious"] = recorded
+    worst = max(abs(a - b) for a, b in zip(ious, recorded))
+    assert worst < 0.02, f"IoU differs from lite_demo.json by {worst:.3f}"
 
 # %%
 path = nc.write_results(RESULTS_DIR, "06_patch_localization_demo", results)

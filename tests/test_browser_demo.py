@@ -2,10 +2,9 @@
 cells, move a query-patch slider, and the predicted box shown on the page changes.
 
 Needs Debian's /usr/bin/chromium (test.sh installs it where it can); without it the test is
-skipped with that reason. No browser is ever downloaded. The notebook reads
-UPDETR_DEMO_SMOKE=1 and UPDETR_DEMO_CHECKPOINT: the smoke checkpoint (1500 steps, ~35 s),
-which the test trains first; the notebook's last cell asserts that it finds patches of its
-training photo.
+skipped with that reason. No browser is ever downloaded. Nothing is trained: the notebook
+loads the checkpoint that ships with the kit, as it does from a clean checkout, and the test
+measures (and prints) the time from "Run All Cells" to the first predicted box on the page.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from updetr_lite.notebook_checks import project_root
 CHROMIUM = "/usr/bin/chromium"
 NOTEBOOK = "06_patch_localization_demo.ipynb"
 ROOT = project_root()
+FIRST_BOX_BOUND_S = 90
 
 pytestmark = pytest.mark.browser
 
@@ -42,19 +42,10 @@ def lab(tmp_path, free_port):
     nb_dir.mkdir()
     out.mkdir()
     shutil.copy(ROOT / "notebooks" / NOTEBOOK, nb_dir / NOTEBOOK)
-    # the smoke checkpoint, trained here (~35 s): the notebook finds it and skips training
-    # (tests/test_notebooks.py checks the localization quality of the smoke checkpoint)
-    from updetr_lite import demo
-
-    checkpoint = demo.ensure_lite_checkpoint(
-        tmp_path / "demo_smoke.pth", smoke=True, progress=False
-    )
     port, token = free_port(), "updetr-demo-test"
     j = tmp_path / "jupyter"
     env = {
         **os.environ,
-        "UPDETR_DEMO_SMOKE": "1",
-        "UPDETR_DEMO_CHECKPOINT": str(checkpoint),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
         "JUPYTER_CONFIG_DIR": str(j / "config"),
         "JUPYTER_DATA_DIR": str(j / "data"),
@@ -127,6 +118,7 @@ def test_demo_in_a_real_browser(lab):
             # once if no cell starts: a click before the session is ready is dropped)
             page.get_by_text(re.compile(r"updetr-lite\) \| Idle")).wait_for(timeout=90_000)
             for attempt in range(2):
+                started = time.perf_counter()
                 page.get_by_role("menuitem", name="Run", exact=True).click()
                 page.get_by_text("Run All Cells", exact=True).click()
                 try:
@@ -144,8 +136,12 @@ def test_demo_in_a_real_browser(lab):
             page.wait_for_function(
                 "() => { const t = document.querySelector('.updetr-demo-boxes textarea');"
                 " return t && t.value.includes('predicted'); }",
-                timeout=30_000,
+                timeout=60_000,
             )
+            first_box_s = time.perf_counter() - started
+            print(f"\nfirst predicted box {first_box_s:.1f} s after Run All Cells")
+            # the issue's target is 30 s on 2 cores; the bound is generous for a busy machine
+            assert first_box_s < FIRST_BOX_BOUND_S, first_box_s
             before = _boxes_text(page)
             page.screenshot(path=str(out / "demo_before.png"), full_page=True)
             # move query patch 0 to the right with the keyboard on the x slider

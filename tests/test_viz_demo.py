@@ -370,7 +370,7 @@ def test_ensure_checkpoint_uses_a_given_file_or_trains_one(tmp_path):
     assert demo.ensure_lite_checkpoint(path, smoke=True) == path and path.stat().st_mtime == mtime
 
 
-def test_demo_state_summary_figure_and_widgets(tiny):
+def test_demo_state_summary_figure_and_widgets(tiny, tmp_path):
     model, cfg = tiny
     photos = {"a": _image(64, 64, 1), "b": _image(48, 80, 2)}
     state = demo.DemoState(model, cfg, photos["a"], [])
@@ -389,6 +389,62 @@ def test_demo_state_summary_figure_and_widgets(tiny):
     dropdown = next(w for w in _walk(ui) if type(w).__name__ == "Dropdown")
     dropdown.value = "b"
     assert state.image.shape == (48, 80, 3) and x0.max == 78
+    # a typed path shows that image; the list then names none, and choosing "b" goes back
+    from PIL import Image
+
+    own = tmp_path / "own.png"
+    Image.fromarray(_image(40, 50, 3)).save(own)
+    path = next(w for w in _walk(ui) if type(w).__name__ == "Text")
+    path.value = str(own)
+    assert state.image.shape == (40, 50, 3) and dropdown.value is None
+    dropdown.value = "b"
+    assert state.image.shape == (48, 80, 3)
+    # the slider tracks are wide enough to place a box to the pixel
+    assert all(int(s.layout.width.rstrip("px")) >= 400 for s in sliders)
+
+
+def test_predicted_boxes_are_clipped_to_the_image(tiny, monkeypatch):
+    from updetr_lite.engine import inference
+
+    model, cfg = tiny
+    image = _image(64, 48, 1)  # h 64, w 48
+
+    def past_the_border(*_a, **_k):  # a cxcywh box near the corner reaches outside
+        return [{"query": 0, "box": [-6.0, 50.0, 60.0, 80.0], "score": 0.9}]
+
+    monkeypatch.setattr(inference, "localize_patches", past_the_border)
+    r = demo.localize_patches_in_image(model, cfg, image, [[10, 40, 40, 60]])
+    assert r["boxes"].tolist() == [[0.0, 50.0, 48.0, 64.0]]
+    # IoU of the clipped box with the query: intersection 30 x 10, union 48 x 14 + 30 x 20 - 300
+    assert float(r["iou"][0]) == pytest.approx(300 / (48 * 14 + 600 - 300))
+
+
+def test_read_image_is_writable_so_torch_does_not_warn(tmp_path):
+    import warnings
+
+    from PIL import Image
+
+    Image.fromarray(_image(20, 30, 1)).save(tmp_path / "a.png")
+    image = demo.read_image(tmp_path / "a.png")
+    assert image.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        demo.prepare_image(image, 16, 32)
+
+
+def test_default_checkpoint_is_the_main_run_else_the_shipped_one(tmp_path, monkeypatch):
+    main_run, shipped = tmp_path / "runs" / "last.pth", tmp_path / "shipped.pth"
+    monkeypatch.setattr(demo, "MAIN_RUN_CHECKPOINT", main_run)
+    monkeypatch.setattr(demo, "SHIPPED_CHECKPOINT", shipped)
+    with pytest.raises(demo.DemoError, match="no demo checkpoint.*--make-checkpoint"):
+        demo.ensure_lite_checkpoint()  # nothing there and nothing is trained
+    shipped.write_bytes(b"x")
+    assert demo.ensure_lite_checkpoint() == shipped
+    assert "ships with the kit" in demo.checkpoint_note(shipped)
+    main_run.parent.mkdir()
+    main_run.write_bytes(b"x")
+    assert demo.ensure_lite_checkpoint(smoke=True) == main_run
+    assert "bash run.sh" in demo.checkpoint_note(main_run)
 
 
 def _walk(w):
@@ -463,3 +519,36 @@ def test_training_patch_boxes_inside_the_image_and_seeded():
     for x0, y0, x1, y1 in boxes:
         assert 0 <= x0 < x1 <= 160 and 0 <= y0 < y1 <= 90
         assert 0.25 * 160 <= x1 - x0 <= 0.6 * 160 and 0.25 * 90 <= y1 - y0 <= 0.6 * 90
+
+
+def test_cost_matrix_ticks_are_whole_cells():
+    import matplotlib.pyplot as plt
+
+    ax = viz.plot_cost_matrix(torch.rand(6, 2), ylabel="")
+    assert list(ax.get_xticks()) == [0, 1]  # not -0.5 ... 1.5 for two targets
+    yt = ax.get_yticks()
+    assert list(yt) == [0, 1, 2, 3, 4, 5]
+    assert ax.get_ylabel() == ""
+    plt.close("all")
+
+
+def test_picture_keys_labels_and_zero_bars():
+    import matplotlib.pyplot as plt
+
+    fig = viz.plot_histograms({"a": [1, 2, 2], "b": [0.5]})
+    assert [ax.get_ylabel() for ax in fig.axes] == ["count", "count"]
+    ax = viz.plot_attention_mask(torch.zeros(4, 4))
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "may attend (0)",
+        "blocked (-inf)",
+    ]
+    _, ax = plt.subplots()
+    ax.bar([0, 1, 2], [0.0, 1.0, 0.5])
+    ax.bar([3], [1e-9])
+    assert viz.mark_zero_bars(ax, "0") == 2
+    assert [t.get_text() for t in ax.texts] == ["0", "0"]
+    _, ax = plt.subplots()
+    viz.draw_boxes(ax, [[2, 3, 10, 20]], ["q0"], label_at="bottom")
+    viz.draw_boxes(ax, [[2, 3, 10, 20]], ["p0"])
+    assert [t.get_position()[1] for t in ax.texts] == [20, 3]
+    plt.close("all")

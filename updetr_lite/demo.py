@@ -4,9 +4,11 @@ pre-trained UP-DETR finds them.
 - ``query_patches``, ``localize_patches_in_image``: one prediction, pixel ``xyxy`` boxes in
   and out, with or without the SimCLR-style augmentation of the patches (the work is done by
   ``engine.inference``; this module adds the IoU, the training and the user interface).
-- ``ensure_lite_checkpoint``: the kit's lite pretext checkpoint, trained on first use on the
-  demo's photos (a progress bar shows it), or the authors' UP-DETR checkpoint from a local path
-  (``load_demo_model`` reads both).
+- ``ensure_lite_checkpoint``: the lite pre-training of ``bash run.sh`` when it exists, else
+  the small lite checkpoint that ships with the kit (``make_shipped_checkpoint``, i.e.
+  ``python -m updetr_lite.demo --make-checkpoint``), a freshly trained one when asked (a
+  progress bar shows it), or the authors' UP-DETR checkpoint from a local path
+  (``load_demo_model`` reads them all).
 - ``DemoState`` and ``build_demo``: the ipywidgets user interface (image choice, path or
   upload, x/y/w/h sliders per patch, augmentation toggle, the boxes as text and as a picture);
   ``static_demo_figure`` is the same picture without widgets, for headless runs (papermill).
@@ -21,8 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import html
 import io
-import os
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -39,9 +41,19 @@ from .viz import COLORS, draw_boxes, show_image
 
 # the project's cache, wherever the notebook runs from
 DEMO_DIR = Path(__file__).resolve().parents[1] / ".cache" / "updetr_lite" / "demo"
-# Demo checkpoint steps. Lite: about 4 min on one core (mean IoU over training patches 0.56
-# at 3000 steps, 0.49 at 1500); smoke (one 64 px photo): ~35 s, 0.70-0.78 (0.52-0.74 at 800).
-STEPS_FULL, STEPS_SMOKE = 3000, 1500
+# the lite checkpoint that ships with the kit (inside the package, so a pip install has it),
+# written by `python -m updetr_lite.demo --make-checkpoint`; its JSON records the settings,
+# the training time and the IoU on its test patches
+SHIPPED_DIR = Path(__file__).resolve().parent / "data" / "demo_checkpoint"
+SHIPPED_CHECKPOINT = SHIPPED_DIR / "lite_demo.pth"
+SHIPPED_RECORD = SHIPPED_DIR / "lite_demo.json"
+# the lite pre-training checkpoint `bash run.sh` writes (the lite plan's run pre_roi_s0)
+MAIN_RUN_CHECKPOINT = (
+    Path(__file__).resolve().parents[1] / "runs" / "main" / "pre_roi_s0" / "last.pth"
+)
+# Demo checkpoint steps (one torch thread): lite, the shipped checkpoint's steps (its JSON
+# has the measured time); smoke (one 64 px photo, tests only): 1500 steps
+STEPS_FULL, STEPS_SMOKE = 2500, 1500
 # part of the default checkpoint's name: bump it when the trainer's draws change, so that a
 # checkpoint trained by an older trainer is not picked up (2: boxes from data.query_patches)
 TRAINER_VERSION = 2
@@ -66,7 +78,9 @@ def read_image(source) -> np.ndarray:
             if not p.is_file():
                 raise FileNotFoundError(f"image file not found: {p}")
             img = Image.open(p)
-        return as_uint8_image(np.asarray(img.convert("RGB")))
+        # np.array, not np.asarray: PIL's buffer is read-only, and torch.from_numpy on it
+        # warns "The given NumPy array is not writable" in every cell that uses the image
+        return as_uint8_image(np.array(img.convert("RGB")))
     except UnidentifiedImageError as e:
         raise DemoError(
             f"not an image file: {source if isinstance(source, str) else 'upload'}"
@@ -90,6 +104,16 @@ def check_boxes(boxes_xyxy, size: tuple[int, int]) -> torch.Tensor:
     if len(b) == 0:
         raise DemoError("no query patch given: need at least one box x0, y0, x1, y1")
     return _check(b, *size)
+
+
+def clip_boxes(boxes_xyxy: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Pixel xyxy boxes [k, 4] clipped to an image of size (h, w): a predicted cxcywh box
+    can reach past the border, and the picture should not draw outside the image."""
+    h, w = size
+    b = boxes_xyxy.clone()
+    b[:, 0::2] = b[:, 0::2].clamp(0, w)
+    b[:, 1::2] = b[:, 1::2].clamp(0, h)
+    return b
 
 
 def query_patches(image: np.ndarray, boxes_xyxy, patch_size: int, augment: bool = False):
@@ -127,7 +151,7 @@ def localize_patches_in_image(
     image = as_uint8_image(image)
     boxes = check_boxes(boxes_xyxy, image.shape[:2])
     found = localize_patches(model, cfg, image, boxes=boxes, augment=augment, seed=seed)
-    pred = torch.tensor([r["box"] for r in found], dtype=torch.float32)
+    pred = clip_boxes(torch.tensor([r["box"] for r in found], dtype=torch.float32), image.shape[:2])
     return {
         "boxes": pred,
         "scores": torch.tensor([r["score"] for r in found]),
@@ -292,20 +316,35 @@ def ensure_lite_checkpoint(
     authors_checkpoint=None,
     steps: int | None = None,
     progress: bool = True,
+    train: bool = False,
 ) -> Path:
-    """The checkpoint the demo uses.
+    """The checkpoint the demo uses; nothing is trained unless asked.
 
     - ``authors_checkpoint``: a local path to the authors' (or any) UP-DETR pre-training
       checkpoint; returned as is (FileNotFoundError if absent; nothing is downloaded).
-    - else ``path`` (default ``.cache/updetr_lite/demo/lite-<hash of the settings>.pth``,
-      ``smoke-<hash>.pth`` when smoke):
-      trained on first use on the demo photos with a progress bar, reused afterwards.
+    - ``path``: that file when it exists; else one is trained there (a progress bar shows it).
+    - ``train``: a fresh checkpoint trained on the demo photos (``STEPS_FULL`` steps, about
+      the shipped checkpoint's ``train_seconds``; smoke: one 64 px photo, ``STEPS_SMOKE``),
+      cached as ``.cache/updetr_lite/demo/lite-<hash of the settings>.pth``.
+    - otherwise the lite pre-training of ``bash run.sh`` (``runs/main/pre_roi_s0/last.pth``)
+      when it exists, else the checkpoint that ships with the kit (``SHIPPED_CHECKPOINT``).
     """
     if authors_checkpoint:
         p = Path(authors_checkpoint).expanduser()
         if not p.is_file():
             raise FileNotFoundError(f"authors' checkpoint not found: {p} (download it yourself)")
         return p
+    if path and Path(path).is_file():
+        return Path(path)
+    if not (path or train):
+        for p in (MAIN_RUN_CHECKPOINT, SHIPPED_CHECKPOINT):
+            if p.is_file():
+                return p
+        raise DemoError(
+            f"no demo checkpoint: neither {MAIN_RUN_CHECKPOINT} nor {SHIPPED_CHECKPOINT} "
+            "exists (write the second with `python -m updetr_lite.demo --make-checkpoint`, "
+            "or pass train=True)"
+        )
     cfg = demo_config(smoke)
     # the default file is named after the settings and step count, so a checkpoint trained
     # with other settings (an older kit) is never picked up
@@ -325,6 +364,23 @@ def ensure_lite_checkpoint(
         progress=progress,
     )
     return p
+
+
+def checkpoint_note(path) -> str:
+    """One line saying which checkpoint the demo shows and what it has seen."""
+    p = Path(path).resolve()
+    if p == MAIN_RUN_CHECKPOINT.resolve():
+        return (
+            f"checkpoint: {p} - the lite pre-training of `bash run.sh` (run pre_roi_s0, "
+            "trained on the embedded data set's unlabeled images)"
+        )
+    if p == SHIPPED_CHECKPOINT.resolve():
+        return (
+            f"checkpoint: {p} - the small lite checkpoint that ships with the kit: it was "
+            f"trained on the {len(demo_photos())} demo photos only, so it finds patches of "
+            "those best and knows little of other photos"
+        )
+    return f"checkpoint: {p}"
 
 
 # ---------------------------------------------------------------- the user interface
@@ -407,9 +463,13 @@ def static_demo_figure(state: DemoState, ax=None):
     return ax
 
 
-def build_demo(state: DemoState, photos: dict[str, np.ndarray], num_patches: int = 1):
+def build_demo(
+    state: DemoState, photos: dict[str, np.ndarray], num_patches: int = 1, note: str = ""
+):
     """The ipywidgets interface; returns the top widget. Each change re-runs the prediction
-    and redraws. The text area (class ``updetr-demo-boxes``) holds ``state.summary()``."""
+    and redraws. The text area (class ``updetr-demo-boxes``) holds ``state.summary()``;
+    ``note`` (e.g. ``checkpoint_note``) is shown above the widgets. After a path or an upload
+    the image list shows no choice, so that choosing a photo again switches back to it."""
     import ipywidgets as W
     import matplotlib.pyplot as plt
     from IPython.display import display
@@ -475,11 +535,16 @@ def build_demo(state: DemoState, photos: dict[str, np.ndarray], num_patches: int
         redraw()
 
     def on_choose(change):
-        new_image(photos[change["new"]])
+        if change["new"] is not None:
+            new_image(photos[change["new"]])
+
+    def own_image(img):
+        new_image(img)
+        choose.value = None  # the list no longer names the image shown
 
     def on_path(_widget):
         try:
-            new_image(read_image(path.value))
+            own_image(read_image(path.value))
         except (ValueError, FileNotFoundError) as e:
             error.value = f"<b style='color:#b00'>{e}</b>"
 
@@ -487,7 +552,7 @@ def build_demo(state: DemoState, photos: dict[str, np.ndarray], num_patches: int
         files = change["new"]
         if files:
             try:
-                new_image(read_image(files[0]["content"]))
+                own_image(read_image(files[0]["content"]))
             except (ValueError, FileNotFoundError) as e:
                 error.value = f"<b style='color:#b00'>{e}</b>"
 
@@ -503,7 +568,9 @@ def build_demo(state: DemoState, photos: dict[str, np.ndarray], num_patches: int
                 min=0 if n in "xy" else 2,
                 max=10,
                 continuous_update=False,
-                layout=W.Layout(width="260px"),
+                # tracks of ~330 px: one step of a 0-510 range is under a pixel
+                layout=W.Layout(width="440px"),
+                style={"description_width": "40px"},
             )
             for n in ("x", "y", "w", "h")
         }
@@ -511,14 +578,15 @@ def build_demo(state: DemoState, photos: dict[str, np.ndarray], num_patches: int
             sl.add_class(f"updetr-demo-{sl.description.replace(' ', '')}")
             sl.observe(on_slider, names="value")
         sliders.append(s)
-        rows.append(W.HBox(list(s.values())))
+        rows += [W.HBox([s["x"], s["w"]]), W.HBox([s["y"], s["h"]])]
     sync_sliders()
     choose.observe(on_choose, names="value")
     path.observe(on_path, names="value")
     upload.observe(on_upload, names="value")
     augment.observe(on_augment, names="value")
     redraw()
-    return W.VBox([W.HBox([choose, upload]), path, augment, *rows, error, text, out])
+    head = [W.HTML(f"<i>{html.escape(note)}</i>")] if note else []
+    return W.VBox([*head, W.HBox([choose, upload]), path, augment, *rows, error, text, out])
 
 
 def open_demo(
@@ -536,9 +604,11 @@ def open_demo(
     name = image_name or next(iter(photos))
     state = DemoState(model, cfg, as_uint8_image(photos[name]), [])
     state.boxes = state.default_boxes(min(num_patches, model.num_patches))
+    note = checkpoint_note(checkpoint)
     if interactive:
-        display(build_demo(state, photos, len(state.boxes)))
+        display(build_demo(state, photos, len(state.boxes), note))
     else:
+        print(note)
         state.update()
         print(state.summary())
         static_demo_figure(state)
@@ -577,9 +647,105 @@ def training_patches_check(
     return ious
 
 
-def env_flag(name: str) -> bool:
-    """True when the environment variable is set to 1/true/yes (e.g. UPDETR_DEMO_SMOKE)."""
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
-
-
 Callback = Callable[[], None]
+
+
+# ---------------------------------------------------------------- the shipped checkpoint
+
+
+def half_state(state: dict) -> dict:
+    """A state dict with its float tensors stored as fp16 (half the file); ``load_state_dict``
+    casts them back into the fp32 model."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def make_shipped_checkpoint(
+    out_dir=SHIPPED_DIR, steps: int = STEPS_FULL, per_image: int = 4, progress: bool = True
+) -> dict:
+    """Train the lite demo checkpoint on the demo photos with one torch thread and write
+    ``lite_demo.pth`` (fp16 state dict) and ``lite_demo.json`` (settings, steps, seconds,
+    IoU on its test patches: ``per_image`` seeded patches of every photo, as the fp32 model
+    loaded from the fp16 file finds them) into ``out_dir``. Returns the JSON record."""
+    import json
+    import platform
+    import time
+
+    torch.set_num_threads(1)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg, photos = demo_config(False), demo_photos(False)
+    batch_size, copies, seed = 16, 3, 0
+    full = out_dir / "lite_demo.fp32.tmp"
+    t0, cpu0 = time.time(), time.process_time()
+    run = train_demo_checkpoint(
+        cfg, list(photos.values()), full, steps, batch_size, copies, seed, progress
+    )
+    # wall time depends on what else the machine runs; CPU time (one thread) much less
+    seconds, cpu_seconds = time.time() - t0, time.process_time() - cpu0
+    ckpt = torch.load(full, map_location="cpu", weights_only=False)
+    ckpt["model"] = half_state(ckpt["model"])
+    ckpt["losses"] = [round(v, 4) for v in ckpt["losses"]]
+    path = out_dir / "lite_demo.pth"
+    from .engine.checkpoint import atomic_save
+
+    atomic_save(ckpt, path)
+    full.unlink()
+    model, cfg = load_demo_model(path)
+    ious = training_patches_check(model, cfg, photos, per_image=per_image)
+    record = {
+        "command": "python -m updetr_lite.demo --make-checkpoint"
+        + ("" if steps == STEPS_FULL else f" --steps {steps}"),
+        "preset": "lite",
+        "settings": {
+            "patch_dropout": cfg.pretext.patch_dropout,
+            "num_patches": cfg.pretext.num_patches,
+            "image_size": max(cfg.data.pretext_scales),
+            "steps": steps,
+            "batch_size": batch_size,
+            "augmented_copies": copies,
+            "seed": seed,
+            "trainer_version": TRAINER_VERSION,
+            "photos": list(photos),
+        },
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "train_seconds": round(seconds, 1),
+        "train_cpu_seconds": round(cpu_seconds, 1),
+        "loss_first_10": round(float(np.mean(run["losses"][:10])), 3),
+        "loss_last_100": round(float(np.mean(run["losses"][-100:])), 3),
+        "test_patches": f"{per_image} seeded patches of every photo (training_patches_check)",
+        "test_iou_mean": round(float(np.mean(ious)), 4),
+        "test_ious": [round(v, 4) for v in ious],
+        "file_bytes": path.stat().st_size,
+        "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+    }
+    (out_dir / "lite_demo.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m updetr_lite.demo")
+    ap.add_argument(
+        "--make-checkpoint",
+        action="store_true",
+        help="train the shipped lite demo checkpoint (one torch thread) and write it with "
+        "its JSON record into --out",
+    )
+    ap.add_argument("--out", default=str(SHIPPED_DIR))
+    ap.add_argument("--steps", type=int, default=STEPS_FULL)
+    a = ap.parse_args(argv)
+    if not a.make_checkpoint:
+        ap.error("nothing to do: pass --make-checkpoint")
+    record = make_shipped_checkpoint(a.out, a.steps)
+    print(
+        f"{a.out}/lite_demo.pth: {record['file_bytes'] / 1e6:.1f} MB, {a.steps} steps in "
+        f"{record['train_seconds']:.0f} s, mean IoU on its test patches {record['test_iou_mean']:.3f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

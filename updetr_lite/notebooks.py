@@ -30,6 +30,33 @@ class NotebookError(RuntimeError):
     """A notebook that failed to run; the message names it and its executed copy."""
 
 
+def kernel_manager_class():
+    """jupyter_client's AsyncKernelManager, with two changes that keep a papermill run quiet:
+
+    - IPC transport (unix sockets in a private temporary folder), not localhost TCP ports:
+      ipykernel warns "Kernel is running over TCP without encryption" on every TCP start;
+    - no SIGINT at shutdown: jupyter_client interrupts the kernel before asking it to shut
+      down, and a kernel idle in its event loop then logs "KeyboardInterrupt caught in
+      kernel" as an ERROR (papermill shuts the kernel down after its last cell: nothing runs).
+    """
+    import tempfile
+
+    from jupyter_client.manager import AsyncKernelManager
+
+    class QuietKernelManager(AsyncKernelManager):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.transport = "ipc"
+            self.ip = str(Path(tempfile.mkdtemp(prefix="updetr-kernel-")) / "kernel")
+
+        async def _async_interrupt_kernel(self):
+            if self.shutting_down:
+                return
+            await super()._async_interrupt_kernel()
+
+    return QuietKernelManager
+
+
 def notebook_dir() -> Path:
     return project_root() / "notebooks"
 
@@ -91,6 +118,7 @@ def execute_notebook(
             cwd=str(notebook_dir()),
             execution_timeout=timeout,
             progress_bar=False,
+            kernel_manager_class=kernel_manager_class(),
         )
     except pm.PapermillExecutionError as e:
         raise NotebookError(
@@ -104,12 +132,18 @@ def execute_notebook(
 
 def to_html(executed: Path, html_dir) -> Path:
     """Render an executed notebook as a standalone HTML file (nbconvert)."""
+    import logging
+
     import nbformat
     from nbconvert import HTMLExporter
 
     html_dir = Path(html_dir)
     html_dir.mkdir(parents=True, exist_ok=True)
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    # nbconvert's templates cannot carry alt text for figures; it fills in a placeholder and
+    # warns "Alternative text is missing" once per page: errors only from this exporter
+    quiet = logging.getLogger("updetr_lite.nbconvert")
+    quiet.setLevel(logging.ERROR)
+    body, _ = HTMLExporter(log=quiet).from_notebook_node(nbformat.read(executed, as_version=4))
     dest = html_dir / (Path(executed).stem + ".html")
     dest.write_text(body, encoding="utf-8")
     return dest

@@ -82,8 +82,14 @@ def draw_boxes(
     colors: Sequence | None = None,
     linestyle: str = "-",
     linewidth: float = 2.0,
+    label_at: str = "top",
 ):
-    """Draw pixel ``xyxy`` boxes [n, 4] on ``ax`` with optional text labels; returns ax."""
+    """Draw pixel ``xyxy`` boxes [n, 4] on ``ax`` with optional text labels, above the box's
+    top-left corner (``label_at='top'``) or below its bottom-left one ('bottom': a second
+    set of boxes on the same picture, so that the two sets' tags do not cover each other);
+    returns ax."""
+    if label_at not in ("top", "bottom"):
+        raise ValueError(f"label_at must be 'top' or 'bottom', not {label_at!r}")
     boxes = np.asarray(torch.as_tensor(boxes_xyxy, dtype=torch.float32).reshape(-1, 4))
     for i, (x0, y0, x1, y1) in enumerate(boxes):
         color = colors[i] if colors is not None else COLORS[i % len(COLORS)]
@@ -101,11 +107,11 @@ def draw_boxes(
         if labels is not None and labels[i]:
             ax.text(
                 x0,
-                y0,
+                y0 if label_at == "top" else y1,
                 labels[i],
                 color="white",
                 fontsize=8,
-                va="bottom",
+                va="bottom" if label_at == "top" else "top",
                 bbox=dict(facecolor=color, alpha=0.8, pad=1, edgecolor="none"),
             )
     return ax
@@ -157,11 +163,52 @@ def plot_attention_mask(mask, ax=None, title: str | None = None):
             ax.axvline(i - 0.5, color="k", linewidth=0.6)
     ax.set_xlabel("key: object query")
     ax.set_ylabel("query: object query")
-    ax.set_title(title or "attention mask (blue: attend, white: -inf)", fontsize=9)
+    ax.set_title(title or "attention mask", fontsize=9)
+    color_key(ax, {"may attend (0)": plt.get_cmap("Blues")(1.0), "blocked (-inf)": "white"})
     return ax
 
 
-def plot_cost_matrix(cost, assignment=None, ax=None, title: str | None = None, cmap="viridis"):
+def color_key(ax, colors: dict, title: str | None = None, loc: str = "upper left"):
+    """A legend of coloured squares {label: colour} outside the right edge of ``ax``: the key
+    of a categorical picture. Returns the Legend."""
+    handles = [
+        mpatches.Patch(facecolor=c, edgecolor="0.4", linewidth=0.5, label=k)
+        for k, c in colors.items()
+    ]
+    return ax.legend(
+        handles=handles,
+        title=title,
+        loc=loc,
+        bbox_to_anchor=(1.02, 1.0),
+        fontsize=7,
+        title_fontsize=7,
+        frameon=False,
+    )
+
+
+def mark_zero_bars(ax, note: str = "0", rel: float = 1e-6) -> int:
+    """Write ``note`` above each bar of ``ax`` whose height is under ``rel`` x the tallest
+    (a zero bar is invisible otherwise). Returns how many were marked."""
+    bars = [b for c in ax.containers for b in c]
+    top = max((abs(b.get_height()) for b in bars), default=0.0)
+    marked = 0
+    for b in bars:
+        if abs(b.get_height()) <= rel * top:
+            x = b.get_x() + b.get_width() / 2
+            ax.annotate(note, (x, 0), xytext=(0, 2), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=7, color=b.get_facecolor())  # fmt: skip
+            marked += 1
+    return marked
+
+
+def plot_cost_matrix(
+    cost,
+    assignment=None,
+    ax=None,
+    title: str | None = None,
+    cmap="viridis",
+    ylabel: str = "prediction (object query)",
+):
     """Heat map of a cost matrix [N predictions, n targets]; ``assignment`` (rows, cols)
     marks the matched cells with red circles. Returns ax."""
     c = np.asarray(torch.as_tensor(cost, dtype=torch.float32))
@@ -171,8 +218,11 @@ def plot_cost_matrix(cost, assignment=None, ax=None, title: str | None = None, c
     if assignment is not None:
         rows, cols = (np.asarray(a) for a in assignment)
         ax.scatter(cols, rows, s=60, facecolors="none", edgecolors="red", linewidths=1.5)
+    # cells are whole numbers: ticks at cell centres only (not -0.5 ... 1.5), at most ~10
+    for axis, n in ((ax.xaxis, c.shape[1]), (ax.yaxis, c.shape[0])):
+        axis.set_ticks(range(0, n, math.ceil(n / 10)))
     ax.set_xlabel("target (query patch)")
-    ax.set_ylabel("prediction (object query)")
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=9)
     return ax
@@ -233,6 +283,7 @@ def plot_histograms(
             alpha=0.8,
         )
         ax.set_title(name, fontsize=9)
+        ax.set_ylabel("count", fontsize=8)
     fig.tight_layout()
     return fig
 
