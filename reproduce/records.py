@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from updetr_lite.config import get_config
+from updetr_lite.jsonl import read_jsonl
 
 from .plan import Plan, ReproduceError, run_config
 
@@ -44,7 +45,7 @@ def run_port(p: Plan, name: str, base: int) -> int:
 def settings_digest(config: dict) -> str:
     """The digest of a resolved configuration that the ranks of a job and a rerun into the
     same --out must share (location settings reduced to their last path component)."""
-    from .engine.distributed import job_identity
+    from updetr_lite.engine.distributed import job_identity
 
     return job_identity(config, "", "", False)["settings"]
 
@@ -90,8 +91,6 @@ def trained_record(p: Plan, name: str, run_dir: Path) -> dict:
     schedule: steps, fractional epochs, images seen, the plan's steps and epochs, what
     stopped it and ``complete`` (False: stopped before the plan's end, e.g. by a max_steps
     budget given with --set). Empty when the log (rank 0's) is not in this folder."""
-    from .report import read_jsonl
-
     log = run_dir / "log.jsonl"
     records = read_jsonl(log) if log.exists() else []
     plan_rec = next((r for r in records if r.get("type") == "plan"), None)
