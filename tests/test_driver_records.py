@@ -246,9 +246,12 @@ def test_main_job_is_wired(monkeypatch, capsys):
 
 def test_run_py_runs_as_a_file_too():
     """``python reproduce/run.py`` (cited by older notes) plans as ``-m reproduce.run`` does."""
+    import os
     import subprocess
     import sys
 
+    # no PYTHONPATH: the file itself must make the checkout importable
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     out = [
         subprocess.run(
             cmd + ["--scale", "smoke", "--only", "fig6", "--list"],
@@ -256,6 +259,7 @@ def test_run_py_runs_as_a_file_too():
             capture_output=True,
             text=True,
             timeout=120,
+            env=env,
         )
         for cmd in (
             [sys.executable, str(ROOT / "reproduce" / "run.py")],
