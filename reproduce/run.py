@@ -7,11 +7,12 @@
 (``python reproduce/run.py ...`` works too.) The README's main job (``bash run.sh``) is
 ``--scale lite --only table1,fig1,fig5,fig6 --out runs/main`` (``plan.MAIN_ARTEFACTS``).
 
-Every run is a notebook of reproduce/notebooks/ executed with papermill (kernel 'updetr-lite') into
-DIR/<run-name>/. Finished runs (a DONE marker) are skipped, so rerunning the same command
-resumes an interrupted reproduction (a command with other settings than a run already in
-DIR is refused); a failed run is reported with its log and the others go on. Several
-nodes: the same command on every node, each with its --node-rank. The report (DIR/report/report.md) is rebuilt at the end from whatever logs exist.
+Every run is a notebook of reproduce/notebooks/ executed with papermill (kernel
+'updetr-lite') into DIR/<run-name>/. Finished runs (a DONE marker) are skipped, so rerunning
+the same command resumes an interrupted reproduction (a command with other settings than a
+run already in DIR is refused); a failed run is reported with its log and the others go
+on. Several nodes: the same command on every node, each with its --node-rank. The report
+(DIR/report/report.md) is rebuilt at the end from whatever logs exist; its path is printed.
 See reproduce/README.md, reproduce/plan.py and reproduce/execute.py.
 """
 
