@@ -1,15 +1,19 @@
 """Reproduce the paper's tables and figures: plan the runs each artefact needs, run them.
 
-    python reproduce/run.py --scale smoke|lite|paper [--only table1,fig6,...] [--gpus G]
+    python -m reproduce.run --scale smoke|lite|paper [--only table1,fig6,...] [--gpus G]
         [--nodes N --node-rank R --master-addr A --master-port P] [--set section.field=value ...]
         [--coco-root PATH] --out DIR
 
-Every run is a notebook of this folder executed with papermill (kernel 'updetr-lite') into
-DIR/<run-name>/. Finished runs (a DONE marker) are skipped, so rerunning the same command
-resumes an interrupted reproduction (a command with other settings than a run already in
-DIR is refused); a failed run is reported with its log and the others go on. Several
-nodes: the same command on every node, each with its --node-rank. The report (DIR/report/report.md) is rebuilt at the end from whatever logs exist.
-See reproduce/README.md and updetr_lite/main.py.
+(``python reproduce/run.py ...`` works too.) The README's main job (``bash run.sh``) is
+``--scale lite --only table1,fig1,fig5,fig6 --out runs/main`` (``plan.MAIN_ARTEFACTS``).
+
+Every run is a notebook of reproduce/notebooks/ executed with papermill (kernel
+'updetr-lite') into DIR/<run-name>/. Finished runs (a DONE marker) are skipped, so rerunning
+the same command resumes an interrupted reproduction (a command with other settings than a
+run already in DIR is refused); a failed run is reported with its log and the others go
+on. Several nodes: the same command on every node, each with its --node-rank. The report
+(DIR/report/report.md) is rebuilt at the end from whatever logs exist; its path is printed.
+See reproduce/README.md, reproduce/plan.py and reproduce/execute.py.
 """
 
 from __future__ import annotations
@@ -18,17 +22,13 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # a checkout without pip install
+if not __package__:  # run as a file (python reproduce/run.py): import from the checkout
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from reproduce.execute import reproduce
+from reproduce.launch import Launch
+from reproduce.plan import ARTEFACTS, MissingDataError, ReproduceError, plan
 from updetr_lite.config import ConfigError
-from updetr_lite.main import (
-    ARTEFACTS,
-    Launch,
-    MissingDataError,
-    ReproduceError,
-    plan,
-    reproduce,
-)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -100,6 +100,8 @@ def main(argv=None) -> int:
     except (ReproduceError, ConfigError, MissingDataError) as e:
         print(f"reproduce: {e}", file=sys.stderr)
         return 2
+    if "report" in results and results["report"].status == "done":
+        print(f"[reproduce] report: {Path(args.out).resolve() / 'report' / 'report.md'}")
     return int(any(r.status in ("failed", "blocked") for r in results.values()))
 
 

@@ -151,17 +151,6 @@ def test_module_entry_point_subprocess():
     ]
 
 
-def test_main_job_is_wired(monkeypatch, capsys):
-    """``updetr-lite main`` (run.sh) hands preset, output folder and overrides to run_main."""
-    import updetr_lite.main as driver
-
-    calls = []
-    monkeypatch.setattr(driver, "run_main", lambda *a: calls.append(a) or 3)
-    code, _, _ = run(["main", "--out", "runs/x", "--set", "pretrain.lr=1e-3"], capsys)
-    assert code == 3
-    assert calls == [("lite", "runs/x", ["pretrain.lr=1e-3"])]
-
-
 @pytest.mark.parametrize("option", [["--preset", "paper"], ["--set", "pretext.num_patches=3"]])
 def test_notebooks_rejects_options_it_does_not_use(option, capsys):
     # The notebooks choose their own settings: an accepted-but-ignored --preset would let

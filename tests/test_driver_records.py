@@ -3,11 +3,24 @@ plan, refusing to mix settings in one --out, one rendezvous port per run, node-o
 and the warning for the paper preset without CNN weights."""
 
 import json
+from pathlib import Path
 
 import pytest
 
+from reproduce import execute as driver
+from reproduce.launch import Launch, LiveProcessesError, stream
+from reproduce.plan import (
+    MAIN_ARTEFACTS,
+    MissingDataError,
+    ReproduceError,
+    check_paper_inputs,
+    plan,
+    run_config,
+)
+from reproduce.records import Result, check_not_mixed, run_port, trained_label, trained_record
 from updetr_lite import cli
-from updetr_lite import main as driver
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def fake_log(run_dir, spe: int, steps: int, stopped_by: str):
@@ -22,10 +35,10 @@ def fake_log(run_dir, spe: int, steps: int, stopped_by: str):
 
 
 def test_trained_record_against_the_plans_schedule(tmp_path):
-    p = driver.plan("paper")
+    p = plan("paper")
     # a dry run: --set pretrain.max_steps=2 against the plan's 60 epochs of 10 steps
     fake_log(tmp_path / "pre_imagenet", 10, 2, "max_steps")
-    t = driver.trained_record(p, "pre_imagenet", tmp_path / "pre_imagenet")
+    t = trained_record(p, "pre_imagenet", tmp_path / "pre_imagenet")
     assert t == {
         "steps": 2,
         "epochs": 0.2,
@@ -35,59 +48,59 @@ def test_trained_record_against_the_plans_schedule(tmp_path):
         "stopped_by": "max_steps",
         "complete": False,
     }
-    assert "stopped by max_steps at step 2 of the plan's 600" in driver.trained_label(t)
+    assert "stopped by max_steps at step 2 of the plan's 600" in trained_label(t)
     fake_log(tmp_path / "ft_voc_abl_d", 7, 150 * 7, "epochs")
-    assert driver.trained_record(p, "ft_voc_abl_d", tmp_path / "ft_voc_abl_d")["complete"]
+    assert trained_record(p, "ft_voc_abl_d", tmp_path / "ft_voc_abl_d")["complete"]
     # lite: the plan's own budget is max_steps (1500 of 20 epochs of 125 steps): complete
-    lite = driver.plan("lite")
+    lite = plan("lite")
     fake_log(tmp_path / "pre_roi_s0", 125, 1500, "max_steps")
-    t = driver.trained_record(lite, "pre_roi_s0", tmp_path / "pre_roi_s0")
+    t = trained_record(lite, "pre_roi_s0", tmp_path / "pre_roi_s0")
     assert t["plan_steps"] == 1500 and t["complete"] is True
-    assert driver.trained_record(p, "pre_abl_d", tmp_path / "nowhere") == {}
+    assert trained_record(p, "pre_abl_d", tmp_path / "nowhere") == {}
 
 
 def test_a_shortened_run_is_never_skipped_by_a_run_of_other_settings(tmp_path):
-    p = driver.plan("smoke")
+    p = plan("smoke")
     name = "pre_roi_s0"
-    short = driver.run_config(p, name, tmp_path, ["pretrain.max_steps=2"]).to_dict()
+    short = run_config(p, name, tmp_path, ["pretrain.max_steps=2"]).to_dict()
     (tmp_path / name).mkdir()
     done = {"config": short, "steps": 2, "plan_steps": 8, "complete": False}
     (tmp_path / name / "DONE").write_text(json.dumps(done | {"stopped_by": "max_steps"}))
-    driver.check_not_mixed(p, [name], tmp_path, ["pretrain.max_steps=2"])  # same: skipped
-    with pytest.raises(driver.ReproduceError) as e:
-        driver.check_not_mixed(p, [name], tmp_path, [])
+    check_not_mixed(p, [name], tmp_path, ["pretrain.max_steps=2"])  # same: skipped
+    with pytest.raises(ReproduceError) as e:
+        check_not_mixed(p, [name], tmp_path, [])
     msg = str(e.value)
     assert "pretrain.max_steps 2 -> 0" in msg and "stopped by max_steps at step 2" in msg
     assert "use another --out, or delete" in msg and "\n" not in msg
     # unfinished (no DONE): its config.json counts the same way
     (tmp_path / name / "DONE").unlink()
     (tmp_path / name / "config.json").write_text(json.dumps(short))
-    with pytest.raises(driver.ReproduceError, match="other settings"):
-        driver.check_not_mixed(p, [name], tmp_path, [])
+    with pytest.raises(ReproduceError, match="other settings"):
+        check_not_mixed(p, [name], tmp_path, [])
     # where a folder is does not count (nodes without a shared folder)
     moved = json.loads(json.dumps(short))
     moved["data"]["cache_dir"] = "/elsewhere/" + moved["data"]["cache_dir"].rsplit("/", 1)[1]
     (tmp_path / name / "config.json").write_text(json.dumps(moved))
-    driver.check_not_mixed(p, [name], tmp_path, ["pretrain.max_steps=2"])
+    check_not_mixed(p, [name], tmp_path, ["pretrain.max_steps=2"])
 
 
 def test_execute_refuses_before_running_anything(tmp_path, monkeypatch):
     ran = []
     monkeypatch.setattr(driver, "execute_run", lambda p, n, *a: ran.append(n))
-    p = driver.plan("smoke")
-    short = driver.run_config(p, "pre_roi_s0", tmp_path, ["pretrain.max_steps=2"]).to_dict()
+    p = plan("smoke")
+    short = run_config(p, "pre_roi_s0", tmp_path, ["pretrain.max_steps=2"]).to_dict()
     (tmp_path / "pre_roi_s0").mkdir()
     (tmp_path / "pre_roi_s0" / "DONE").write_text(json.dumps({"config": short}))
-    with pytest.raises(driver.ReproduceError, match="pre_roi_s0 holds a run with other"):
+    with pytest.raises(ReproduceError, match="pre_roi_s0 holds a run with other"):
         driver.execute(p, ["cnn", "pre_roi_s0", "report"], tmp_path, echo=lambda *_: None)
     assert ran == []
 
 
 def test_each_run_its_own_port_and_each_node_its_own_files(tmp_path, monkeypatch):
-    p = driver.plan("paper")
-    ports = {driver.run_port(p, n, 29500) for n in p.runs}
+    p = plan("paper")
+    ports = {run_port(p, n, 29500) for n in p.runs}
     assert len(ports) == len(p.runs) and min(ports) == 29500
-    launch = driver.Launch(8, 2, 1, "host", 29500, threads=1)
+    launch = Launch(8, 2, 1, "host", 29500, threads=1)
     a = driver.notebook_parameters(p, "pre_imagenet", tmp_path, [], launch)
     b = driver.notebook_parameters(p, "pre_abl_d", tmp_path, [], launch)
     assert a["master_port"] != b["master_port"] and a["node_rank"] == 1
@@ -96,7 +109,7 @@ def test_each_run_its_own_port_and_each_node_its_own_files(tmp_path, monkeypatch
 
     def fake_run(p_, name, out, overrides, launch_, timeout):
         started.append(name)
-        return driver.Result(name, "done")
+        return Result(name, "done")
 
     monkeypatch.setattr(driver, "execute_run", fake_run)
     res = driver.execute(p, ["pre_imagenet", "localize", "report"], tmp_path, [], launch)
@@ -106,8 +119,8 @@ def test_each_run_its_own_port_and_each_node_its_own_files(tmp_path, monkeypatch
 
 
 def test_several_nodes_refused_where_a_run_needs_one_machine(tmp_path):
-    with pytest.raises(driver.ReproduceError, match="several nodes are for --scale paper"):
-        driver.reproduce("smoke", tmp_path, ["fig6"], launch=driver.Launch(0, 2, 0))
+    with pytest.raises(ReproduceError, match="several nodes are for --scale paper"):
+        driver.reproduce("smoke", tmp_path, ["fig6"], launch=Launch(0, 2, 0))
 
 
 def test_paper_preset_without_cnn_weights_warns(tmp_path, capsys):
@@ -122,15 +135,15 @@ def test_paper_preset_without_cnn_weights_warns(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "WARNING" not in err and "a random CNN, on purpose" in err
     # the driver at paper scale: the missing-weights error names the way to ask for it
-    with pytest.raises(driver.MissingDataError, match="model.backbone_weights=random"):
-        driver.check_paper_inputs(
-            driver.plan("paper"),
+    with pytest.raises(MissingDataError, match="model.backbone_weights=random"):
+        check_paper_inputs(
+            plan("paper"),
             ["pre_imagenet"],
             [f"data.pretext_root={tmp_path}"],
             None,
         )
-    p = driver.plan("paper")
-    driver.check_paper_inputs(
+    p = plan("paper")
+    check_paper_inputs(
         p,
         ["pre_imagenet"],
         [f"data.pretext_root={tmp_path}", "model.backbone_weights=random"],
@@ -141,7 +154,7 @@ def test_paper_preset_without_cnn_weights_warns(tmp_path, capsys):
 def test_the_log_says_what_was_trained(tmp_path):
     from updetr_lite.config import get_config
     from updetr_lite.engine.train import train
-    from updetr_lite.report import read_jsonl
+    from updetr_lite.jsonl import read_jsonl
 
     cfg = get_config("smoke", [f"data.cache_dir={tmp_path / 'cache'}", "pretrain.max_steps=3"])
     s = train(cfg, "pretrain", tmp_path / "pre", progress=False)
@@ -181,12 +194,12 @@ def test_a_launch_beside_live_workers_is_refused(tmp_path):
     )
     out = tmp_path / "train.out"
     with pytest.raises(RuntimeError, match="exit -9"):
-        driver.stream([sys.executable, "-c", code], out, echo=lambda *_: None)
+        stream([sys.executable, "-c", code], out, echo=lambda *_: None)
     lock = tmp_path / "train.pgid"
     pgid = int(lock.read_text().split()[0])
     try:
-        with pytest.raises(driver.LiveProcessesError, match=f"kill -- -{pgid}"):
-            driver.stream([sys.executable, "-c", "print(1)"], out, echo=lambda *_: None)
+        with pytest.raises(LiveProcessesError, match=f"kill -- -{pgid}"):
+            stream([sys.executable, "-c", "print(1)"], out, echo=lambda *_: None)
     finally:
         os.killpg(pgid, signal.SIGKILL)
     for _ in range(50):  # the worker is reaped by init; wait until its group is gone
@@ -194,5 +207,64 @@ def test_a_launch_beside_live_workers_is_refused(tmp_path):
             break
         time.sleep(0.1)
     shown = []
-    driver.stream([sys.executable, "-c", "print('again')"], out, echo=shown.append)
+    stream([sys.executable, "-c", "print('again')"], out, echo=shown.append)
     assert shown == ["again"] and not lock.exists()
+
+
+def _run_sh_args() -> list[str]:
+    """The arguments run.sh gives ``python -m reproduce.run``."""
+    import shlex
+
+    line = next(x for x in (ROOT / "run.sh").read_text().splitlines() if x.startswith("exec "))
+    words = shlex.split(line)
+    i = words.index("reproduce.run")
+    assert words[i - 2 : i] == ["python", "-m"] and words[-1] == "$@"
+    return words[i + 1 : -1]
+
+
+def test_main_job_is_wired(monkeypatch, capsys):
+    """run.sh (the README's main job) hands the lite scale, the main artefacts, runs/main and
+    the user's overrides to reproduce(), prints the report's path, exits 1 on a failed run."""
+    from reproduce import run
+
+    args = _run_sh_args()
+    assert args[args.index("--only") + 1].split(",") == list(MAIN_ARTEFACTS)
+    calls, status = [], {"cnn": "done", "report": "done"}
+
+    def fake(*a):
+        calls.append(a)
+        return {n: Result(n, s) for n, s in status.items()}
+
+    monkeypatch.setattr(run, "reproduce", fake)
+    assert run.main(args + ["--set", "pretrain.lr=1e-3"]) == 0
+    assert calls[0][:4] == ("lite", "runs/main", list(MAIN_ARTEFACTS), ["pretrain.lr=1e-3"])
+    assert calls[0][4].threads == 0 and calls[0][4].gpus == 0  # the cores shared among jobs
+    assert str(Path("runs/main").resolve() / "report" / "report.md") in capsys.readouterr().out
+    status["cnn"] = "failed"
+    assert run.main(args) == 1
+
+
+def test_run_py_runs_as_a_file_too():
+    """``python reproduce/run.py`` (cited by older notes) plans as ``-m reproduce.run`` does."""
+    import os
+    import subprocess
+    import sys
+
+    # no PYTHONPATH: the file itself must make the checkout importable
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = [
+        subprocess.run(
+            cmd + ["--scale", "smoke", "--only", "fig6", "--list"],
+            cwd=ROOT if "-m" in cmd else "/",
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        for cmd in (
+            [sys.executable, str(ROOT / "reproduce" / "run.py")],
+            [sys.executable, "-m", "reproduce.run"],
+        )
+    ]
+    assert [o.returncode for o in out] == [0, 0], out[0].stderr + out[1].stderr
+    assert out[0].stdout == out[1].stdout and "pre_nomask_s1" in out[0].stdout

@@ -6,7 +6,7 @@ import math
 import torch
 import torchvision
 
-from updetr_lite import lite_cnn
+from reproduce import lite_cnn
 from updetr_lite.models.backbone import Backbone
 from updetr_lite.models.weights import load_cnn_weights
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from updetr_lite import main as driver
+from reproduce.launch import Launch, training_command
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -21,12 +21,14 @@ pytestmark = pytest.mark.slow
 # one "node": runs NAMES of the tiny plan pre -> ft (+ report) into OUT, as node R of N
 NODE = """
 import json, sys
-from updetr_lite import main as d
+from reproduce.execute import execute
+from reproduce.launch import Launch
+from reproduce.plan import Plan, Row, Run
 out, cache, node, nodes, port = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
 names = sys.argv[6].split(",")
-p = d.Plan("smoke", "smoke", RUNS, {"table1": [d.Row("UP-DETR", ("ft",), "table1/UP-DETR/150")]})
-launch = d.Launch(0, nodes, node, "127.0.0.1", port, threads=1)
-res = d.execute(p, names, out, [f"data.cache_dir={cache}"], launch, echo=lambda *a: None)
+p = Plan("smoke", "smoke", RUNS, {"table1": [Row("UP-DETR", ("ft",), "table1/UP-DETR/150")]})
+launch = Launch(0, nodes, node, "127.0.0.1", port, threads=1)
+res = execute(p, names, out, [f"data.cache_dir={cache}"], launch, echo=lambda *a: None)
 print("RESULT " + json.dumps({n: r.status for n, r in res.items()}))
 """
 PLAN = {  # run -> (kind, overrides, init)
@@ -34,11 +36,11 @@ PLAN = {  # run -> (kind, overrides, init)
     "ft": ("finetune", ("finetune.epochs=1", "finetune.log_every=1"), "pre"),
 }
 NODE = NODE.replace(
-    "from updetr_lite import main as d\n",
-    "from updetr_lite import main as d\n"
-    "RUNS = {n: d.Run(n, k, ov, i, (i,) if i else ()) for n, (k, ov, i) in "
+    "from reproduce.plan import Plan, Row, Run\n",
+    "from reproduce.plan import Plan, Row, Run\n"
+    "RUNS = {n: Run(n, k, ov, i, (i,) if i else ()) for n, (k, ov, i) in "
     f"{PLAN!r}.items()}}\n"
-    'RUNS["report"] = d.Run("report", "report")\n',
+    'RUNS["report"] = Run("report", "report")\n',
 )
 
 
@@ -95,7 +97,7 @@ def results(procs) -> list[dict]:
 def one_process(out: Path, cache: Path) -> None:
     """The reference: the same runs, one process each (the trainer's command line)."""
     for name, (kind, ov, init) in PLAN.items():
-        cmd = driver.training_command(
+        cmd = training_command(
             kind,
             "smoke",
             [*ov, f"data.cache_dir={cache}"],
@@ -178,12 +180,12 @@ def test_ranks_of_one_job_must_run_the_same_settings(tmp_path):
     port = free_port(1)
     cmds = []
     for node, seed in ((0, 1), (1, 2)):
-        cmd = driver.training_command(
+        cmd = training_command(
             "pretrain",
             "smoke",
             [f"pretrain.seed={seed}", f"data.cache_dir={tmp_path / 'cache'}"],
             tmp_path / f"n{node}" / "pre",
-            launch=driver.Launch(0, 2, node, "127.0.0.1", port),
+            launch=Launch(0, 2, node, "127.0.0.1", port),
         )
         cmds.append(cmd)
     procs = [
@@ -212,13 +214,13 @@ def test_skip_counts_of_every_rank_are_logged(tmp_path):
     for i in range(8):
         size = (12, 40) if i % 2 else (64, 48)
         Image.new("RGB", size, (i * 30, 80, 160)).save(root / f"im{i}.png")
-    cmd = driver.training_command(
+    cmd = training_command(
         "pretrain",
         "smoke",
         [f"data.pretext_root={root}", "pretrain.cache_features=False", "pretrain.epochs=1"]
         + [f"data.cache_dir={tmp_path / 'cache'}"],
         tmp_path / "pre",
-        launch=driver.Launch(2, 1, 0),  # torchrun, 2 processes (gloo on the CPU)
+        launch=Launch(2, 1, 0),  # torchrun, 2 processes (gloo on the CPU)
     )
     r = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=200)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -235,14 +237,14 @@ def test_resume_without_a_shared_folder_uses_rank_0s_checkpoint(three_ways, tmp_
     port = free_port(1)
     procs = []
     for node in (0, 1):
-        cmd = driver.training_command(
+        cmd = training_command(
             "finetune",
             "smoke",
             [*PLAN["ft"][1], f"data.cache_dir={root / f'node{node}' / 'cache'}"],
             tmp_path / f"n{node}" / "ft",
             str(tmp_path / f"n{node}" / "pre" / "last.pth"),
             resume=node == 0,  # node 1 has no checkpoint: rank 0 decides, and sends it
-            launch=driver.Launch(0, 2, node, "127.0.0.1", port),
+            launch=Launch(0, 2, node, "127.0.0.1", port),
         )
         procs.append(subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=200)[0] for p in procs]

@@ -2,14 +2,14 @@
 
 The expected values are typed here from the paper's sections 3-4 and tables (and the
 authors' release where the paper is silent), independently of updetr_lite/config.py and
-updetr_lite/main.py.
+reproduce/plan.py, reproduce/paper_plan.py.
 """
 
 from pathlib import Path
 
 import pytest
 
-from updetr_lite import main as driver
+from reproduce.plan import plan, run_config
 from updetr_lite.config import paper
 
 # reference-facts.md, "Pre-training" and "Fine-tuning"
@@ -79,12 +79,12 @@ def test_paper_preset_data_and_schedules():
 
 
 def _resolved(name, out, overrides=()):
-    p = driver.plan("paper")
-    return driver.run_config(p, name, out, list(overrides))
+    p = plan("paper")
+    return run_config(p, name, out, list(overrides))
 
 
 def test_paper_runs_use_the_papers_schedules(tmp_path):
-    p = driver.plan("paper")
+    p = plan("paper")
     assert p.preset == "paper" and p.x_key == "epoch"
     pre = _resolved("pre_imagenet", tmp_path)
     for k, v in PRETRAIN.items():
@@ -110,7 +110,7 @@ def test_paper_runs_use_the_papers_schedules(tmp_path):
 
 
 def test_paper_ablations_match_tables_3_and_4(tmp_path):
-    p = driver.plan("paper")
+    p = plan("paper")
     expect = {  # run: (M, frozen CNN, reconstruction, attention mask)
         "pre_abl_m1": (1, True, True, True),
         "pre_abl_d": (10, True, True, True),

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from updetr_lite import report
-from updetr_lite.main import Plan, Row, Run
+from reproduce import report
+from reproduce.plan import Plan, Row, Run
 
 # The paper's numbers, typed again from the paper's Tables 1-4 (AP / AP50 / AP75)
 FACTS = {
@@ -329,7 +329,7 @@ def write_paper_runs(root, shortened=()):
 
 
 def test_report_draws_the_papers_pairs_with_the_papers_gains(tmp_path):
-    from updetr_lite.main import plan
+    from reproduce.plan import plan
 
     root = tmp_path / "out"
     write_paper_runs(root)
@@ -367,7 +367,7 @@ def test_report_draws_the_papers_pairs_with_the_papers_gains(tmp_path):
 
 
 def test_curves_use_fractional_epochs_or_steps(tmp_path):
-    from updetr_lite.main import plan
+    from reproduce.plan import plan
 
     root = tmp_path / "out"
     write_paper_runs(root)
@@ -399,7 +399,7 @@ def test_curves_use_fractional_epochs_or_steps(tmp_path):
 
 
 def test_report_axes_figure6_in_steps(runs_root, tmp_path, monkeypatch):
-    from updetr_lite.main import plan
+    from reproduce.plan import plan
 
     seen = {}
     real = report.plot_curves
@@ -414,7 +414,7 @@ def test_report_axes_figure6_in_steps(runs_root, tmp_path, monkeypatch):
 
 
 def test_shortened_runs_are_labelled_everywhere(tmp_path):
-    from updetr_lite.main import plan
+    from reproduce.plan import plan
 
     root = tmp_path / "out"
     write_paper_runs(root, shortened=("ft_voc_updetr_long",))

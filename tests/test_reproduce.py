@@ -12,11 +12,14 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from updetr_lite import main as driver
-from updetr_lite import report
+from reproduce import execute as driver
+from reproduce import report
+from reproduce.launch import Launch, stream, training_command
+from reproduce.plan import MAIN_ARTEFACTS, ReproduceError, Run, plan
+from reproduce.records import Result
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = [sys.executable, str(ROOT / "reproduce" / "run.py")]
+RUN = [sys.executable, "-m", "reproduce.run"]
 
 pytestmark = pytest.mark.slow
 
@@ -35,9 +38,22 @@ def smoke(tmp_path_factory):
     return out, proc, time.monotonic() - t0
 
 
-def test_notebooks_are_parameterized_and_clean():
+def test_notebooks_are_parameterized_clean_and_paired():
+    """Each run notebook is a jupytext pair: the percent-format .py (the source people edit,
+    ruff-checked) and the .ipynb papermill executes hold the same cells, no outputs."""
+    import jupytext
+
+    sources = sorted(p.name for p in driver.NOTEBOOK_DIR.glob("*.py"))
+    assert sources == sorted(n.replace(".ipynb", ".py") for n in driver.NOTEBOOKS.values())
     for name in driver.NOTEBOOKS.values():
-        nb = nbformat.read(ROOT / "reproduce" / name, as_version=4)
+        nb = nbformat.read(driver.NOTEBOOK_DIR / name, as_version=4)
+        nbformat.validate(nb)
+        assert nb.metadata["jupytext"]["formats"] == "ipynb,py:percent", name
+        source = jupytext.read(driver.NOTEBOOK_DIR / name.replace(".ipynb", ".py"))
+        cells = [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in source.cells]
+        assert cells == [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells], (
+            f"reproduce/notebooks/{name} and its .py differ: run `jupytext --sync` on the .py"
+        )
         assert nb.metadata.kernelspec == {
             "name": "updetr-lite",
             "display_name": "Python (updetr-lite)",
@@ -53,7 +69,7 @@ def test_notebooks_are_parameterized_and_clean():
 def test_smoke_reproduction_end_to_end(smoke):
     out, proc, seconds = smoke
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    p = driver.plan("smoke")
+    p = plan("smoke")
     names = p.runs_for(None)
     assert len(names) >= 25  # every lite run, at toy size
     for name in names:
@@ -137,7 +153,7 @@ def test_missing_run_is_shown_missing(smoke, tmp_path):
     hidden = tmp_path / "hidden"
     shutil.move(out / "ft_crop_s1", hidden)
     try:
-        res = report.build_report(driver.plan("smoke"), out, tmp_path / "rep")
+        res = report.build_report(plan("smoke"), out, tmp_path / "rep")
     finally:
         shutil.move(hidden, out / "ft_crop_s1")
     table = (tmp_path / "rep" / "table1.md").read_text()
@@ -150,10 +166,10 @@ def test_missing_run_is_shown_missing(smoke, tmp_path):
 
 
 def test_failed_run_is_reported_and_the_others_go_on(tmp_path):
-    p = driver.plan("smoke")
+    p = plan("smoke")
     # N=8 queries cannot be split into 3 groups: the trainer stops with a ConfigError
-    p.runs["bad"] = driver.Run("bad", "pretrain", ("pretext.num_patches=3",))
-    p.runs["after_bad"] = driver.Run("after_bad", "finetune", init="bad", needs=("bad",))
+    p.runs["bad"] = Run("bad", "pretrain", ("pretext.num_patches=3",))
+    p.runs["after_bad"] = Run("after_bad", "finetune", init="bad", needs=("bad",))
     lines = []
     res = driver.execute(p, ["bad", "after_bad", "report"], tmp_path, jobs=1, echo=lines.append)
     assert res["bad"].status == "failed" and res["after_bad"].status == "blocked"
@@ -169,8 +185,8 @@ def test_failed_run_is_reported_and_the_others_go_on(tmp_path):
 
 
 def test_resume_flag_follows_the_checkpoint(tmp_path):
-    p = driver.plan("smoke")
-    launch = driver.Launch(threads=1)
+    p = plan("smoke")
+    launch = Launch(threads=1)
     params = driver.notebook_parameters(p, "ft_roi_s0", tmp_path, [], launch)
     assert params["resume"] is False
     assert params["init"] == str(tmp_path.resolve() / "pre_roi_s0" / "last.pth")
@@ -180,7 +196,7 @@ def test_resume_flag_follows_the_checkpoint(tmp_path):
 
 
 def test_training_command_cpu_and_torchrun():
-    cpu = driver.training_command("pretrain", "lite", ["a.b=1"], "/o", None, False)
+    cpu = training_command("pretrain", "lite", ["a.b=1"], "/o", None, False)
     assert cpu[1:] == [
         "-m",
         "updetr_lite",
@@ -192,8 +208,8 @@ def test_training_command_cpu_and_torchrun():
         "--set",
         "a.b=1",
     ]
-    multi = driver.training_command(
-        "finetune", "paper", [], "/o", "/p/last.pth", True, driver.Launch(8, 2, 1, "host", 1234)
+    multi = training_command(
+        "finetune", "paper", [], "/o", "/p/last.pth", True, Launch(8, 2, 1, "host", 1234)
     )
     i = multi.index("-m", 3)
     assert multi[1:3] == ["-m", "torch.distributed.run"]
@@ -218,12 +234,12 @@ def test_training_command_cpu_and_torchrun():
 
 
 def test_only_selects_the_runs_an_artefact_needs():
-    p = driver.plan("lite")
+    p = plan("lite")
     names = p.runs_for(["fig6"])
     assert names == ["cnn", "pre_roi_s0", "pre_roi_s1", "pre_nomask_s0", "pre_nomask_s1", "report"]
-    main = p.runs_for(list(driver.MAIN_ARTEFACTS))
+    main = p.runs_for(list(MAIN_ARTEFACTS))
     assert not any("m1" in n or "unfrozen" in n or "norec" in n for n in main)
-    with pytest.raises(driver.ReproduceError, match="table9"):
+    with pytest.raises(ReproduceError, match="table9"):
         p.runs_for(["table9"])
 
 
@@ -231,7 +247,7 @@ def test_stream_copies_output_and_names_the_log_on_failure(tmp_path):
     shown = []
     code = "import sys\nprint('hello')\nfor i in range(50): print(f'{i}%|###', flush=True)\nsys.exit(3)"
     with pytest.raises(RuntimeError, match=str(tmp_path / "train.out")):
-        driver.stream([sys.executable, "-c", code], tmp_path / "train.out", echo=shown.append)
+        stream([sys.executable, "-c", code], tmp_path / "train.out", echo=shown.append)
     text = (tmp_path / "train.out").read_text()
     assert "hello" in text and "49%|###" in text  # the log keeps everything
     assert shown[0] == "hello" and shown[-1] == "49%|###" and len(shown) < 10  # bars thinned
@@ -248,11 +264,11 @@ def test_schedule_longest_pretraining_first_and_one_cache_builder(tmp_path, monk
         (d / "log.jsonl").write_text('{"type": "train", "step": 10}\n')
         time.sleep(0.3)
         (d / "DONE").write_text("{}")
-        return driver.Result(name, "done", 0.6)
+        return Result(name, "done", 0.6)
 
     monkeypatch.setattr(driver, "execute_run", fake_run)
-    p = driver.plan("lite")
-    names = [n for n in p.runs_for(list(driver.MAIN_ARTEFACTS)) if n != "report"]
+    p = plan("lite")
+    names = [n for n in p.runs_for(list(MAIN_ARTEFACTS)) if n != "report"]
     res = driver.execute(p, names, tmp_path, jobs=2, echo=lambda *_: None)
     assert all(r.status == "done" for r in res.values())
     # the CNN first; then the slowest pre-training ('crop'), and beside it not a second

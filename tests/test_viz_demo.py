@@ -124,7 +124,7 @@ def test_jsonl_series_and_curves(tmp_path):
 
 
 def test_jsonl_torn_last_line_is_skipped_with_a_warning(tmp_path):
-    from updetr_lite import report
+    from reproduce import report
 
     log = tmp_path / "log.jsonl"
     log.write_text('{"step": 1}\n\n{"step": 2}\n{"type": "train", "st')  # killed mid-write

@@ -26,9 +26,10 @@ Where each part of the paper lives (module: symbol):
   ImageNet normalisation of every CNN input            data/images.py: normalize
   Settings: paper / lite / smoke presets               config.py: paper, lite, smoke
   Speed switches (not the paper's arithmetic)          fastpath.py: enable (model.fast_path)
-  Reproduction of Tables 1-4, Figures 1, 3-6           main.py: plan, run_main; report.py
   Training logs (log.jsonl)                            jsonl.py: read_jsonl
 
 The command line is cli.py (``updetr-lite --help``); the tutorial notebooks use demo.py,
-viz.py and notebook_checks.py.
+viz.py and notebook_checks.py. The reproduction of Tables 1-4 and Figures 1, 3-6 (plans,
+papermill runs, the report) is not part of the library: it is the checkout's ``reproduce``
+package (``python -m reproduce.run``), which calls this one.
 """

@@ -1,6 +1,5 @@
 """The ``updetr-lite`` command (also ``python -m updetr_lite``).
 
-    updetr-lite main      [--preset lite] [--out runs/main] the README's main job (bash run.sh)
     updetr-lite info      --preset NAME [--json]           settings and parameter counts
     updetr-lite data build --preset NAME                   the embedded data set
     updetr-lite pretrain  --preset NAME --out DIR [--resume]
@@ -10,6 +9,9 @@
     updetr-lite localize  --checkpoint CKPT --image IMG (--patch FILE | --box x0,y0,x1,y1)... --out DIR
     updetr-lite bench     --preset lite|paper --device cpu|cuda [--json]
     updetr-lite notebooks [--smoke] [--only 01,06] [--out runs/notebooks]  executed copies + HTML
+
+The paper's tables and figures (the README's main job, ``bash run.sh``) are the
+reproduction kit's: ``python -m reproduce.run`` in a checkout.
 
 Every command takes ``--preset``, ``--set section.field=value`` (repeatable), ``--out``,
 ``--device`` and ``--debug``. An error prints one line ``updetr-lite: error: ...`` on stderr
@@ -422,14 +424,6 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_main(args) -> int:
-    """The README's main job (``bash run.sh``): lite CNN, pre-training, fine-tuning arms,
-    localization and the report (updetr_lite/main.py, ``run_main``)."""
-    from . import main as driver
-
-    return driver.run_main(args.preset or "lite", args.out or "runs/main", list(args.set))
-
-
 def cmd_notebooks(args) -> int:
     """Execute the tutorial notebooks headless and render them as HTML for reading."""
     from . import notebooks as nb
@@ -475,11 +469,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="UP-DETR: pre-training, fine-tuning, inference.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-
-    p = sub.add_parser(
-        "main", parents=[common], help="the main job: the lite runs of Table 1, Figures 1, 5, 6"
-    )
-    p.set_defaults(func=cmd_main)
 
     p = sub.add_parser("info", parents=[common], help="settings and parameter counts")
     p.add_argument("--json", action="store_true")

@@ -390,8 +390,8 @@ def paper() -> Config:
 
 
 def lite() -> Config:
-    """Small enough to train in minutes on 2 CPU cores: a ResNet-18 stand-in CNN (lite_cnn.py),
-    cached frozen features and 'roi' patch features."""
+    """Small enough to train in minutes on 2 CPU cores: a ResNet-18 stand-in CNN (trained by
+    the reproduction kit's lite_cnn), cached frozen features and 'roi' patch features."""
     return Config(
         name="lite",
         model=ModelConfig(

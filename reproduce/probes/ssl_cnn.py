@@ -7,7 +7,7 @@ each layer3 cell of view 1 is pulled towards view 2's feature at the same image 
 (bilinear) and pushed from every cell of view 2 in the batch (InfoNCE, temperature 0.2,
 a 2-layer 1x1-conv projection). No label is used. The same separate generated set, the
 same ResNet-18 up to layer3, optimizer and schedule as the supervised stand-in
-(`updetr_lite.lite_cnn.train_cnn`); then the same k-NN probe as the report's.
+(`reproduce.lite_cnn.train_cnn`); then the same k-NN probe as the report's.
 
     python reproduce/probes/ssl_cnn.py --steps 600 --out runs/ssl_cnn
 
@@ -19,6 +19,7 @@ What came out is in reproduce/results/lite/SUMMARY.md.
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -27,9 +28,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
-from updetr_lite import lite_cnn as lc
-from updetr_lite.config import get_config
-from updetr_lite.data.embedded import build_embedded
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file: the checkout
+
+from reproduce import lite_cnn as lc  # noqa: E402
+from updetr_lite.config import get_config  # noqa: E402
+from updetr_lite.data.embedded import build_embedded  # noqa: E402
 
 
 def random_views(x: torch.Tensor, g: torch.Generator):

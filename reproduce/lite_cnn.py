@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
-from .data.images import IMAGENET_MEAN, IMAGENET_STD
+from updetr_lite.data.images import IMAGENET_MEAN, IMAGENET_STD
 
 STRIDE = 16  # layer3 of a ResNet
 CNN_SEED_OFFSET = 1000  # the CNN's data seed = detection seed + this: a separate set
@@ -149,7 +149,7 @@ def train_cnn(
     ``log.jsonl`` into ``out_dir``. Background cells (class 0, most of an image) weigh
     ``background_weight`` in the loss so that the CNN learns the objects' classes.
     Returns {"steps", "seconds", "final_loss", "cell_acc", "object_acc"}."""
-    from .fastpath import bf16_supported
+    from updetr_lite.fastpath import bf16_supported
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -292,9 +292,9 @@ def probe(cfg, weights: str | Path, k: int = 5, size: int | None = None, seed: i
     objects) with the CNN at ``weights`` vs a random CNN of the same shape; objects seen as
     resized crops (``trained``/``random``, the paper's patch feature) and as RoIAlign of the
     whole image's feature map (``trained_roi``/``random_roi``, the lite patch feature)."""
-    from .data.embedded import build_embedded
-    from .models.backbone import Backbone
-    from .models.weights import load_cnn_weights
+    from updetr_lite.data.embedded import build_embedded
+    from updetr_lite.models.backbone import Backbone
+    from updetr_lite.models.weights import load_cnn_weights
 
     paths = build_embedded(cfg.data)
     size = size or cfg.pretext.patch_size
@@ -339,7 +339,7 @@ def build_lite_cnn(
 ) -> dict:
     """The whole lite-CNN run: generate the separate set, derive per-cell labels from its
     COCO JSON, train, save ``cnn.pth``, probe it; writes ``summary.json`` and ``probe.json``."""
-    from .data.embedded import build_embedded
+    from updetr_lite.data.embedded import build_embedded
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,187 @@
+"""The lite plan (the embedded data on a CPU) and the smoke plan (the same runs at toy size):
+which pre-trainings and fine-tunings each artefact needs, and their step budgets."""
+
+from __future__ import annotations
+
+import math
+
+from updetr_lite.config import get_config
+
+from .plan import Plan, Row, Run, table4_rows
+
+# ----------------------------------------------------------------------------- plans
+
+# Step budgets of the lite scale (2-core CPU, cached features; see reproduce/README.md for
+# the measured timings these come from).
+LITE_BUDGET = {
+    "cnn_steps": 600,  # lite CNN: batch 32 of 128 px images, bf16 where the CPU has it
+    "cnn_images": 3000,  # its separate generated training set
+    "cnn_batch": 32,
+    "pretrain_steps": 1500,
+    # 'crop' runs the CNN on M crops per image every step (about twice the cost of a 'roi'
+    # step): it gets about the same pre-training time, not the same number of steps
+    "pretrain_steps_crop": 800,
+    "finetune_steps": 800,
+    "steps_per_epoch_ft": 1000 / 32,  # embedded_train / batch
+}
+SMOKE_BUDGET = {"cnn_steps": 3, "cnn_images": 16, "cnn_batch": 8}
+SEEDS = (0, 1)
+
+
+def _ft_schedule(steps: int, steps_per_epoch: float) -> list[str]:
+    """Fine-tuning for ``steps`` optimizer steps, lr x0.1 at 80 % of them (the findings:
+    a drop late in the run, as the paper's 100/150)."""
+    epochs = math.ceil(steps / math.floor(steps_per_epoch)) + 1
+    drop = max(1, round(0.8 * steps / steps_per_epoch))
+    return [
+        f"finetune.max_steps={steps}",
+        f"finetune.epochs={epochs}",
+        f"finetune.lr_drop={drop}",
+        "finetune.eval_every=2",  # COCOeval every other epoch: ~13 points a curve
+    ]
+
+
+def small_plan(scale: str) -> Plan:
+    """The lite plan; smoke is the same runs at the smoke preset's toy sizes."""
+    lite = scale == "lite"
+    b = LITE_BUDGET
+    pre_steps = [f"pretrain.max_steps={b['pretrain_steps']}"] if lite else ["pretrain.log_every=2"]
+    ft_steps = (
+        _ft_schedule(b["finetune_steps"], b["steps_per_epoch_ft"])
+        if lite
+        else ["finetune.log_every=2"]
+    )
+    runs: dict[str, Run] = {"cnn": Run("cnn", "lite_cnn")}
+    roi, crop = "pretext.patch_feature=roi", "pretext.patch_feature=crop"
+
+    def pre(name: str, seed: int, *ov: str) -> str:
+        full = f"{name}_s{seed}"
+        # measured: 'crop' runs the CNN on M crops per image each step; a CNN that trains
+        # runs forward and backward over the images
+        cost = 4.0 if "model.frozen_cnn=False" in ov else 2.0 if crop in ov else 1.0
+        steps = pre_steps
+        if lite and crop in ov:
+            steps = [f"pretrain.max_steps={b['pretrain_steps_crop']}"]
+        runs[full] = Run(
+            full,
+            "pretrain",
+            tuple(steps) + ov + (f"pretrain.seed={seed}",),
+            None,
+            ("cnn",),
+            seed,
+            cost=cost,
+        )
+        return full
+
+    def ft(name: str, seed: int, init: str | None) -> str:
+        full = f"ft_{name}_s{seed}"
+        needs = ("cnn",) + ((init,) if init else ())
+        runs[full] = Run(
+            full, "finetune", tuple(ft_steps) + (f"finetune.seed={seed}",), init, needs, seed
+        )
+        return full
+
+    scratch = tuple(ft("scratch", s, None) for s in SEEDS)
+    pre_roi = [pre("pre_roi", s, roi) for s in SEEDS]
+    ft_roi = tuple(ft("roi", s, pre_roi[s]) for s in SEEDS)
+    # crop: the paper's patch feature; one pre-training, two fine-tuning seeds (budget)
+    pre_crop = pre("pre_crop", 0, crop)
+    ft_crop = tuple(ft("crop", s, pre_crop) for s in SEEDS)
+    nomask = tuple(pre("pre_nomask", s, roi, "pretext.attention_mask=False") for s in SEEDS)
+    m1 = [pre("pre_m1", s, roi, "pretext.num_patches=1") for s in SEEDS]
+    ft_m1 = tuple(ft("m1", s, m1[s]) for s in SEEDS)
+    # Table 4: (d) frozen + reconstruction is pre_roi; a CNN that trains cannot use cached
+    # features; its lr is half the transformer's (the paper's fine-tuning ratio 5e-5 / 1e-4)
+    cfg = get_config(scale)
+    unfrozen = (
+        "model.frozen_cnn=False",
+        f"pretrain.lr_backbone={cfg.pretrain.lr / 2}",
+        "pretrain.cache_features=False",
+        "pretrain.amp=True",
+    )
+    norec = "pretext.reconstruction=False"
+    abl_b = [pre("pre_norec", s, roi, norec) for s in SEEDS]
+    abl_a = [pre("pre_unfrozen_norec", s, roi, norec, *unfrozen) for s in SEEDS]
+    abl_c = [pre("pre_unfrozen", s, roi, *unfrozen) for s in SEEDS]
+    ft_b = tuple(ft("norec", s, abl_b[s]) for s in SEEDS)
+    ft_a = tuple(ft("unfrozen_norec", s, abl_a[s]) for s in SEEDS)
+    ft_c = tuple(ft("unfrozen", s, abl_c[s]) for s in SEEDS)
+    runs["localize"] = Run("localize", "localize", needs=tuple(pre_roi) + (pre_crop,) + nomask)
+    runs["report"] = Run("report", "report")
+
+    detr = "DETR (scratch transformers)"
+    roi_row = "UP-DETR, patch feature 'roi' (lite)"
+    t1 = [
+        Row(detr, scratch, "table1/DETR/150"),
+        Row(roi_row, ft_roi, "table1/UP-DETR/150", vs=(detr,)),
+        Row(
+            "UP-DETR, patch feature 'crop' (paper's)",
+            ft_crop,
+            "table1/UP-DETR/150",
+            (detr, roi_row),
+        ),
+    ]
+    artefacts = {
+        "table1": t1,
+        "fig1": t1,
+        "fig3": t1,
+        "table2": [],
+        "table3": [
+            Row("DETR", scratch, "table3/DETR"),
+            Row("UP-DETR (M=1)", ft_m1, "table3/M=1", ("DETR",)),
+            Row("UP-DETR (M=4, N=20)", ft_roi, "table3/M=10", ("UP-DETR (M=1)", "DETR")),
+        ],
+        "table4": table4_rows(
+            detr,
+            scratch,
+            ("(a) CNN trains, no reconstruction", ft_a),
+            ("(b) frozen CNN, no reconstruction", ft_b),
+            ("(c) CNN trains, reconstruction", ft_c),
+            ("(d) frozen CNN, reconstruction", ft_roi),
+        ),
+        "fig6": [
+            Row("with attention mask", tuple(pre_roi)),
+            Row("without attention mask", nomask),
+        ],
+        "fig5": [
+            Row("UP-DETR 'roi' (M=4)", tuple(pre_roi)),
+            Row("UP-DETR 'crop' (M=4)", (pre_crop,)),
+            Row("UP-DETR 'roi', no attention mask", nomask),
+        ],
+    }
+    artefacts["fig4"] = artefacts["table4"]
+    notes = {
+        "scale": (
+            "Smoke scale: toy sizes that check the pipeline end to end; its numbers mean "
+            "nothing. It runs every run of the lite scale, which is: "
+            if not lite
+            else ""
+        )
+        + (
+            "Lite scale: embedded procedural data (1000 train / 300 val images, 128 px), a "
+            "ResNet-18 cut at layer3 trained by the kit on a separate generated set (supervised "
+            "stand-in for SwAV), a transformer of width 128 with 3 decoder layers and no "
+            "encoder layers (positions in the decoder's values), N=20 queries, M=4 query "
+            "patches, patch projection initialised x4, cached CNN features; budgets in "
+            "optimizer steps. Numbers on this data say nothing about VOC or COCO."
+        ),
+        "table1": (
+            (
+                f"Equal budgets for every arm: {b['finetune_steps']} fine-tuning steps of batch "
+                f"32 (lr x0.1 at 80 %), pre-training {b['pretrain_steps']} steps of batch 32 "
+                f"('crop': {b['pretrain_steps_crop']} steps, about the same time: its CNN runs "
+                "on the crops every step). "
+                if lite
+                else ""
+            )
+            + "Seed s = pre-training seed s and fine-tuning seed s ('crop': one pre-training, "
+            "fine-tuning seeds 0 and 1)."
+        ),
+        "table2": "COCO is not part of the lite scale: Table 2 needs --scale paper.",
+        "table3": "Lite N=20 cannot hold M=10 groups of equal size: M=4 (5 queries a patch) "
+        "stands for the paper's M=10 (10 a patch).",
+        "table4": "Lite ablations pre-train as long as the main arm (the paper: 15 of 60 "
+        "epochs); a CNN that trains is fed the images, not cached features.",
+        "fig6": "Pretext loss (the criterion's weighted total) per step.",
+    }
+    return Plan(scale, scale, runs, artefacts, notes, "step")
