@@ -5,12 +5,12 @@ import shutil
 
 import pytest
 
-from updetr_lite import readme_numbers as rn
+from reproduce import readme_numbers as rn
 
 
 def test_readme_block_is_what_the_committed_results_render():
     text = rn.README.read_text()
-    assert rn.splice(text, rn.render()) == text, "run: python -m updetr_lite.readme_numbers --write"
+    assert rn.splice(text, rn.render()) == text, "run: python -m reproduce.readme_numbers --write"
     assert rn.main(["--check"]) == 0
 
 

@@ -15,9 +15,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from updetr_lite import fastpath, report  # noqa: E402
+from reproduce import report  # noqa: E402
+from updetr_lite import fastpath  # noqa: E402
 from updetr_lite.config import get_config  # noqa: E402
 from updetr_lite.data.embedded import build_embedded  # noqa: E402
+from updetr_lite.data.images import normalize  # noqa: E402
 from updetr_lite.models.build import build_backbone  # noqa: E402
 
 
@@ -28,7 +30,7 @@ def main(n_batches: int = 6, batch: int = 32) -> None:
     base = [f"model.backbone_weights={cnn}", f"data.cache_dir={ROOT / '.cache' / 'updetr_lite'}"]
     cfg = get_config("lite", base)
     files = sorted(Path(build_embedded(cfg.data).unlabeled).iterdir())[: n_batches * batch]
-    imgs = torch.stack([report._normalize(report.load_image(f, 128, 128)) for f in files])
+    imgs = torch.stack([normalize(report.load_image(f, 128, 128)) for f in files])
     mask = torch.zeros(imgs.shape[0], 128, 128, dtype=torch.bool)
     fast = build_backbone(cfg, frozen=True).eval()
     plain = build_backbone(get_config("lite", base + ["model.fast_path=False"]), frozen=True).eval()

@@ -24,11 +24,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from reproduce.lite_plan import LITE_BUDGET, _ft_schedule  # noqa: E402
+from reproduce.report import eval_records, read_jsonl  # noqa: E402
 from updetr_lite import fastpath  # noqa: E402
 from updetr_lite.config import get_config  # noqa: E402
 from updetr_lite.engine.train import train  # noqa: E402
-from updetr_lite.main import LITE_BUDGET, _ft_schedule  # noqa: E402
-from updetr_lite.report import eval_records, read_jsonl  # noqa: E402
 
 PROBES = ROOT / "runs" / "probes"
 

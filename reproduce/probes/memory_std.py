@@ -15,7 +15,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from updetr_lite import report  # noqa: E402
+from reproduce import report  # noqa: E402
 from updetr_lite.data.embedded import build_embedded  # noqa: E402
 
 
