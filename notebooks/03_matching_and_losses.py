@@ -28,7 +28,7 @@
 #
 # `cost = 1 * (-p_i(patch class)) + 5 * L1(box_i, box_j) + 2 * (-GIoU(box_i, box_j))`.
 #
-# We use the demo's pre-trained checkpoint (the main job's `runs/main/pre_roi_s0/last.pth`
+# We use the demo's pre-trained checkpoint (the main job's `runs/main/pre_crop_s0/last.pth`
 # when it exists, else the small lite checkpoint that ships with the kit, see notebook 6), so
 # that the predictions mean something.
 

@@ -25,7 +25,7 @@
 # The runs use the kit's training engine (`updetr_lite.engine.train.train`), the same one the
 # command line uses; each run writes its configuration, a JSON-lines log and checkpoints into
 # its folder. **Where the main job has run** (`bash run.sh` writes `runs/main/`), the notebook
-# trains nothing and shows the main job's lite runs `pre_roi_s0` (with the mask) and
+# trains nothing and shows the main job's lite runs `pre_crop_s0` (with the mask) and
 # `pre_nomask_s0` (without), 1500 steps each; it says so below.
 #
 # **Run time** on 2 CPU cores: with `runs/main`, well under a minute; without it, the two
@@ -62,7 +62,7 @@ from updetr_lite.engine.train import train
 
 steps = 30 if SMOKE else STEPS
 run_root = Path(RUN_DIR) if RUN_DIR else nc.project_root() / "runs" / "notebooks" / "04_pretraining"
-main_dirs = {True: nc.project_root() / "runs" / "main" / "pre_roi_s0",
+main_dirs = {True: nc.project_root() / "runs" / "main" / "pre_crop_s0",
              False: nc.project_root() / "runs" / "main" / "pre_nomask_s0"}  # fmt: skip
 from_main = (
     USE_MAIN_RUNS and not SMOKE and all((d / "last.pth").is_file() for d in main_dirs.values())

@@ -28,8 +28,8 @@
 # The embedded data is a stand-in for VOC / COCO, not a benchmark: short runs on it show the
 # mechanics and the trend, not the paper's numbers. **Where the main job has run**
 # (`bash run.sh` writes `runs/main/`), the notebook trains nothing and shows the main job's
-# lite fine-tunings `ft_scratch_s0` and `ft_roi_s0` (800 steps each, the latter from the
-# pre-training `pre_roi_s0`); it says so below.
+# lite fine-tunings `ft_scratch_s0` and `ft_crop_s0` (800 steps each, the latter from the
+# pre-training `pre_crop_s0`); it says so below.
 #
 # **Run time** on 2 CPU cores: with `runs/main`, about a minute; without it, one pre-training
 # and two fine-tunings (many minutes at the lite preset). **SMOKE** (tests: 20 + 16 steps at
@@ -67,7 +67,7 @@ from updetr_lite.engine.train import train
 pre_steps, ft_steps = (20, 16) if SMOKE else (PRETRAIN_STEPS, FINETUNE_STEPS)
 run_root = Path(RUN_DIR) if RUN_DIR else nc.project_root() / "runs" / "notebooks" / "05_finetuning"
 main = nc.project_root() / "runs" / "main"
-main_dirs = {"pretrain": main / "pre_roi_s0", "updetr": main / "ft_roi_s0",
+main_dirs = {"pretrain": main / "pre_crop_s0", "updetr": main / "ft_crop_s0",
              "scratch": main / "ft_scratch_s0"}  # fmt: skip
 from_main = (
     USE_MAIN_RUNS and not SMOKE and all((d / "last.pth").is_file() for d in main_dirs.values())

@@ -27,7 +27,7 @@
 # paper's Figure 5 (unsupervised localization of query patches), live.
 #
 # **Checkpoint.** The lite pre-training of the main job (`bash run.sh` writes
-# `runs/main/pre_roi_s0/last.pth`) when it exists; otherwise the small lite checkpoint that
+# `runs/main/pre_crop_s0/last.pth`) when it exists; otherwise the small lite checkpoint that
 # ships with the kit (`updetr_lite/data/demo_checkpoint/lite_demo.pth`, 7.5 MB, written by
 # `python -m updetr_lite.demo --make-checkpoint`; `lite_demo.json` beside it records its
 # settings, training time and IoU). That one was trained on the 10 demo photos only: it finds

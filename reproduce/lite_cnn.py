@@ -362,6 +362,7 @@ def build_lite_cnn(
         cfg.model.backbone_layer,
         batch_size=batch_size,
         seed=cfg.pretrain.seed,
+        bf16=cfg.model.cnn_bf16,
         echo=echo,
     )
     result = probe(cfg, out_dir / "cnn.pth")

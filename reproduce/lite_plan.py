@@ -14,18 +14,16 @@ from .plan import Plan, Row, Run, table4_rows
 # Step budgets of the lite scale (2-core CPU, cached features; see reproduce/README.md for
 # the measured timings these come from).
 LITE_BUDGET = {
-    "cnn_steps": 600,  # lite CNN: batch 32 of 128 px images, bf16 where the CPU has it
+    "cnn_steps": 600,  # lite CNN: batch 32 of 128 px images, fp32 (model.cnn_bf16=False)
     "cnn_images": 3000,  # its separate generated training set
     "cnn_batch": 32,
     "pretrain_steps": 1500,
-    # 'crop' runs the CNN on M crops per image every step (about twice the cost of a 'roi'
-    # step): it gets about the same pre-training time, not the same number of steps
-    "pretrain_steps_crop": 800,
     "finetune_steps": 800,
     "steps_per_epoch_ft": 1000 / 32,  # embedded_train / batch
 }
 SMOKE_BUDGET = {"cnn_steps": 3, "cnn_images": 16, "cnn_batch": 8}
-SEEDS = (0, 1)
+SEEDS = (0, 1, 2)
+ABLATION_SEEDS = (0, 1)  # Tables 3 and 4 (budget)
 
 
 def _ft_schedule(steps: int, steps_per_epoch: float) -> list[str]:
@@ -56,21 +54,12 @@ def small_plan(scale: str) -> Plan:
 
     def pre(name: str, seed: int, *ov: str) -> str:
         full = f"{name}_s{seed}"
-        # measured: 'crop' runs the CNN on M crops per image each step; a CNN that trains
-        # runs forward and backward over the images
-        cost = 4.0 if "model.frozen_cnn=False" in ov else 2.0 if crop in ov else 1.0
-        steps = pre_steps
-        if lite and crop in ov:
-            steps = [f"pretrain.max_steps={b['pretrain_steps_crop']}"]
+        # a CNN that trains runs forward and backward over the images and the crops
+        cost = 5.0 if "model.frozen_cnn=False" in ov else 1.0
         runs[full] = Run(
-            full,
-            "pretrain",
-            tuple(steps) + ov + (f"pretrain.seed={seed}",),
-            None,
-            ("cnn",),
-            seed,
-            cost=cost,
-        )
+            full, "pretrain", tuple(pre_steps) + ov + (f"pretrain.seed={seed}",), None,
+            ("cnn",), seed, cost=cost,
+        )  # fmt: skip
         return full
 
     def ft(name: str, seed: int, init: str | None) -> str:
@@ -81,17 +70,15 @@ def small_plan(scale: str) -> Plan:
         )
         return full
 
+    # the main arm is the preset's: the paper's patch feature ('crop', from the cached bank)
     scratch = tuple(ft("scratch", s, None) for s in SEEDS)
-    pre_roi = [pre("pre_roi", s, roi) for s in SEEDS]
-    ft_roi = tuple(ft("roi", s, pre_roi[s]) for s in SEEDS)
-    # crop: the paper's patch feature; one pre-training, two fine-tuning seeds (budget)
-    pre_crop = pre("pre_crop", 0, crop)
-    ft_crop = tuple(ft("crop", s, pre_crop) for s in SEEDS)
-    nomask = tuple(pre("pre_nomask", s, roi, "pretext.attention_mask=False") for s in SEEDS)
-    m1 = [pre("pre_m1", s, roi, "pretext.num_patches=1") for s in SEEDS]
-    ft_m1 = tuple(ft("m1", s, m1[s]) for s in SEEDS)
-    # Table 4: (d) frozen + reconstruction is pre_roi; a CNN that trains cannot use cached
-    # features; its lr is half the transformer's (the paper's fine-tuning ratio 5e-5 / 1e-4)
+    pre_crop = [pre("pre_crop", s, crop) for s in SEEDS]
+    ft_crop = tuple(ft("crop", s, pre_crop[s]) for s in SEEDS)
+    pre_roi = [pre("pre_roi", s, roi) for s in ABLATION_SEEDS]
+    ft_roi = tuple(ft("roi", s, pre_roi[s]) for s in ABLATION_SEEDS)
+    nomask = tuple(pre("pre_nomask", s, crop, "pretext.attention_mask=False") for s in SEEDS)
+    m1 = [pre("pre_m1", s, crop, "pretext.num_patches=1") for s in ABLATION_SEEDS]
+    ft_m1 = tuple(ft("m1", s, m1[s]) for s in ABLATION_SEEDS)
     cfg = get_config(scale)
     unfrozen = (
         "model.frozen_cnn=False",
@@ -100,53 +87,58 @@ def small_plan(scale: str) -> Plan:
         "pretrain.amp=True",
     )
     norec = "pretext.reconstruction=False"
-    abl_b = [pre("pre_norec", s, roi, norec) for s in SEEDS]
-    abl_a = [pre("pre_unfrozen_norec", s, roi, norec, *unfrozen) for s in SEEDS]
-    abl_c = [pre("pre_unfrozen", s, roi, *unfrozen) for s in SEEDS]
-    ft_b = tuple(ft("norec", s, abl_b[s]) for s in SEEDS)
-    ft_a = tuple(ft("unfrozen_norec", s, abl_a[s]) for s in SEEDS)
-    ft_c = tuple(ft("unfrozen", s, abl_c[s]) for s in SEEDS)
-    runs["localize"] = Run("localize", "localize", needs=tuple(pre_roi) + (pre_crop,) + nomask)
+    abl = ABLATION_SEEDS
+    abl_b = [pre("pre_norec", s, crop, norec) for s in abl]
+    abl_a = [pre("pre_unfrozen_norec", s, crop, norec, *unfrozen) for s in abl]
+    abl_c = [pre("pre_unfrozen", s, crop, *unfrozen) for s in abl]
+    ft_b = tuple(ft("norec", s, abl_b[s]) for s in abl)
+    ft_a = tuple(ft("unfrozen_norec", s, abl_a[s]) for s in abl)
+    ft_c = tuple(ft("unfrozen", s, abl_c[s]) for s in abl)
+    ft_crop_abl = tuple(n for n in ft_crop if int(n[-1]) in abl)
+    runs["localize"] = Run("localize", "localize", needs=tuple(pre_crop) + nomask)
     runs["report"] = Run("report", "report")
 
     detr = "DETR (scratch transformers)"
-    roi_row = "UP-DETR, patch feature 'roi' (lite)"
+    crop_row = "UP-DETR (the paper's crop patch feature)"
     t1 = [
         Row(detr, scratch, "table1/DETR/150"),
-        Row(roi_row, ft_roi, "table1/UP-DETR/150", vs=(detr,)),
-        Row(
-            "UP-DETR, patch feature 'crop' (paper's)",
-            ft_crop,
-            "table1/UP-DETR/150",
-            (detr, roi_row),
-        ),
+        Row(crop_row, ft_crop, "table1/UP-DETR/150", vs=(detr,)),
     ]
+    scratch_abl = tuple(n for n in scratch if int(n[-1]) in abl)
     artefacts = {
         "table1": t1,
         "fig1": t1,
         "fig3": t1,
         "table2": [],
         "table3": [
-            Row("DETR", scratch, "table3/DETR"),
+            Row("DETR", scratch_abl, "table3/DETR"),
             Row("UP-DETR (M=1)", ft_m1, "table3/M=1", ("DETR",)),
-            Row("UP-DETR (M=4, N=20)", ft_roi, "table3/M=10", ("UP-DETR (M=1)", "DETR")),
+            Row("UP-DETR (M=4, N=20)", ft_crop_abl, "table3/M=10", ("UP-DETR (M=1)", "DETR")),
         ],
         "table4": table4_rows(
             detr,
-            scratch,
+            scratch_abl,
             ("(a) CNN trains, no reconstruction", ft_a),
             ("(b) frozen CNN, no reconstruction", ft_b),
             ("(c) CNN trains, reconstruction", ft_c),
-            ("(d) frozen CNN, reconstruction", ft_roi),
-        ),
+            ("(d) frozen CNN, reconstruction", ft_crop_abl),
+        )
+        # the lite variant of the patch feature, beside the paper's (d)
+        + [
+            Row(
+                "(e) = (d) with the 'roi' patch feature",
+                ft_roi,
+                None,
+                (detr, "(d) frozen CNN, reconstruction"),
+            )
+        ],
         "fig6": [
-            Row("with attention mask", tuple(pre_roi)),
+            Row("with attention mask", tuple(pre_crop)),
             Row("without attention mask", nomask),
         ],
         "fig5": [
-            Row("UP-DETR 'roi' (M=4)", tuple(pre_roi)),
-            Row("UP-DETR 'crop' (M=4)", (pre_crop,)),
-            Row("UP-DETR 'roi', no attention mask", nomask),
+            Row("UP-DETR (crop patch feature, M=4)", tuple(pre_crop)),
+            Row("UP-DETR, no attention mask", nomask),
         ],
     }
     artefacts["fig4"] = artefacts["table4"]
@@ -160,28 +152,28 @@ def small_plan(scale: str) -> Plan:
         + (
             "Lite scale: embedded procedural data (1000 train / 300 val images, 128 px), a "
             "ResNet-18 cut at layer3 trained by the kit on a separate generated set (supervised "
-            "stand-in for SwAV), a transformer of width 128 with 3 decoder layers and no "
-            "encoder layers (positions in the decoder's values), N=20 queries, M=4 query "
-            "patches, patch projection initialised x4, cached CNN features; budgets in "
-            "optimizer steps. Numbers on this data say nothing about VOC or COCO."
+            "stand-in for SwAV), the paper's transformer at width 128 (3 encoder + 3 decoder "
+            "layers, pre-norm) with LayerScale 0.1 on the encoder blocks, N=20 queries, M=4 "
+            "query patches whose feature is the CNN on the crop (a cached bank of 16 per "
+            "image), cached CNN maps, everything in fp32; budgets in optimizer steps. Numbers "
+            "on this data say nothing about VOC or COCO."
         ),
         "table1": (
             (
                 f"Equal budgets for every arm: {b['finetune_steps']} fine-tuning steps of batch "
-                f"32 (lr x0.1 at 80 %), pre-training {b['pretrain_steps']} steps of batch 32 "
-                f"('crop': {b['pretrain_steps_crop']} steps, about the same time: its CNN runs "
-                "on the crops every step). "
+                f"32 (lr 1e-3 after a 100-step warm-up, x0.1 at 80 %), pre-training "
+                f"{b['pretrain_steps']} steps of batch 32. "
                 if lite
                 else ""
             )
-            + "Seed s = pre-training seed s and fine-tuning seed s ('crop': one pre-training, "
-            "fine-tuning seeds 0 and 1)."
+            + "Seed s = pre-training seed s and fine-tuning seed s."
         ),
         "table2": "COCO is not part of the lite scale: Table 2 needs --scale paper.",
         "table3": "Lite N=20 cannot hold M=10 groups of equal size: M=4 (5 queries a patch) "
         "stands for the paper's M=10 (10 a patch).",
         "table4": "Lite ablations pre-train as long as the main arm (the paper: 15 of 60 "
-        "epochs); a CNN that trains is fed the images, not cached features.",
+        "epochs), seeds 0 and 1; a CNN that trains is fed the images and the crops, not "
+        "cached features.",
         "fig6": "Pretext loss (the criterion's weighted total) per step.",
     }
     return Plan(scale, scale, runs, artefacts, notes, "step")

@@ -25,9 +25,9 @@ END = "<!-- lite-results:end -->"
 # table file -> (title, metric whose seed pairings are counted against the first row,
 # further (row, row) pairs compared the same way: the claim's own comparison)
 TABLES = {
-    "table1": ("C1, Table 1: DETR vs UP-DETR", "AP", ((1, 2),)),
+    "table1": ("C1, Table 1: DETR vs UP-DETR", "AP", ()),
     "table3": ("C2, Table 3: one query patch vs several", "AP", ((2, 1),)),
-    "table4": ("C3, Table 4: frozen CNN and reconstruction", "AP50", ((4, 2),)),
+    "table4": ("C3, Table 4: frozen CNN and reconstruction", "AP50", ((4, 2), (5, 4))),
 }
 
 
@@ -69,6 +69,19 @@ def pairings(a: list[float], b: list[float]) -> str:
     return f"higher {higher}, lower {lower} of {n}"
 
 
+def margin(a: list[float], b: list[float]) -> str:
+    """The gap of the means of a over b against twice the larger per-arm seed standard
+    deviation (the issue's bar for a claim beyond seed noise)."""
+    import statistics
+
+    if len(a) < 2 or len(b) < 2:
+        return "fewer than 2 seeds: no margin"
+    gap = statistics.mean(a) - statistics.mean(b)
+    bar = 2 * max(statistics.stdev(a), statistics.stdev(b))
+    verdict = "beyond" if gap > bar else "within"
+    return f"mean gap {gap:+.2f}, 2 x larger seed sd {bar:.2f}: {verdict} seed noise"
+
+
 def render_table(
     rows: list[dict[str, str]], key: str, extra: tuple[tuple[int, int], ...] = ()
 ) -> str:
@@ -77,18 +90,23 @@ def render_table(
     ``extra``: row a's seed pairings against row b's."""
     base = seeds(rows[0][f"{key} seeds"]) if rows else []
     lines = [
-        f"| arm | AP % (seeds) | AP50 % (seeds) | paper AP50 | {key}: seed pairings vs first row |",
-        "|---|---|---|---|---|",
+        f"| arm | AP % (seeds) | AP50 % (seeds) | paper AP50 | {key}: seed pairings vs first row "
+        f"| {key}: margin vs first row |",
+        "|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rows):
         ap = f"{r['AP']} ({r['AP seeds'].replace(', ', ' / ')})"
         ap50 = f"{r['AP50']} ({r['AP50 seeds'].replace(', ', ' / ')})"
-        vs = "baseline" if i == 0 else pairings(seeds(r[f"{key} seeds"]), base)
-        lines.append(f"| {r['arm']} | {ap} | {ap50} | {r.get('AP50 paper', '–')} | {vs} |")
+        mine = seeds(r[f"{key} seeds"])
+        vs = "baseline" if i == 0 else pairings(mine, base)
+        gap = "–" if i == 0 else margin(mine, base)
+        paper = r.get("AP50 paper", "–")
+        lines.append(f"| {r['arm']} | {ap} | {ap50} | {paper} | {vs} | {gap} |")
     for a, b in extra:
         if max(a, b) < len(rows):
             ra, rb = rows[a], rows[b]
-            got = pairings(seeds(ra[f"{key} seeds"]), seeds(rb[f"{key} seeds"]))
+            sa, sb = seeds(ra[f"{key} seeds"]), seeds(rb[f"{key} seeds"])
+            got = f"{pairings(sa, sb)}; {margin(sa, sb)}"
             lines.append(f"\n{ra['arm']} vs {rb['arm']}, {key} seed pairings: {got}.")
     return "\n".join(lines)
 

@@ -160,12 +160,19 @@ def test_cache_features_with_trainable_cnn_is_refused(tmp_path, cache):
 
 
 @pytest.mark.parametrize(
-    "patch_feature,cached,amp",
-    [("roi", True, True), ("crop", True, False), ("crop", False, True), ("roi", False, False)],
+    "patch_feature,cached,amp,bank",
+    [
+        ("roi", True, True, 0),
+        ("crop", True, False, 4),
+        ("crop", True, False, 0),
+        ("crop", False, True, 0),
+        ("roi", False, False, 0),
+    ],
 )
-def test_pretrain_paths_run(tmp_path, cache, patch_feature, cached, amp):
-    """Every pre-training path: cached maps (roi: boxes only; crop: CNN on the crops per
-    step) or images through the CNN, with and without bf16 autocast."""
+def test_pretrain_paths_run(tmp_path, cache, patch_feature, cached, amp, bank):
+    """Every pre-training path: cached maps (roi: boxes only; crop: a cached bank of patch
+    features, or the CNN on the crops per step) or images through the CNN, with and without
+    bf16 autocast."""
     cfg = get_config(
         "smoke",
         [
@@ -173,6 +180,7 @@ def test_pretrain_paths_run(tmp_path, cache, patch_feature, cached, amp):
             f"pretext.patch_feature={patch_feature!r}",
             f"pretrain.cache_features={cached}",
             f"pretrain.amp={amp}",
+            f"pretext.crop_bank={bank}",
             "pretrain.max_steps=2",
             "pretrain.log_every=1",
         ],

@@ -196,9 +196,33 @@ def _smoke_updetr(fast: bool, seed: int):
     from updetr_lite.config import get_config
     from updetr_lite.models import build_updetr
 
-    cfg = get_config("smoke", [f"model.fast_path={fast}", "model.dropout=0.1"])
+    cfg = get_config(
+        "smoke", [f"model.fast_path={fast}", "model.dropout=0.1", "pretext.patch_feature=roi"]
+    )
     torch.manual_seed(seed)
     return build_updetr(cfg)
+
+
+def test_cnn_bf16_setting_decides_the_frozen_cnns_precision():
+    """model.cnn_bf16=False: the fast path's CNN maps are fp32 (equal to the plain model's up
+    to summation order) whatever the CPU has; True: bf16 (relative error of bf16 size)."""
+    from updetr_lite.config import get_config
+    from updetr_lite.models import build_detr
+
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
+    maps = {}
+    for name, ov in {
+        "plain": ["model.fast_path=False"],
+        "fp32": ["model.fast_path=True", "model.cnn_bf16=False"],
+        "bf16": ["model.fast_path=True", "model.cnn_bf16=True"],
+    }.items():
+        torch.manual_seed(0)
+        detr = build_detr(get_config("smoke", ov)).eval()
+        with torch.no_grad():
+            maps[name] = detr.backbone(images, mask)[0]
+    rel = {k: float((maps[k] - maps["plain"]).norm() / maps["plain"].norm()) for k in maps}
+    assert rel["fp32"] < 1e-5 and 1e-4 < rel["bf16"] < 5e-2, rel
 
 
 def test_enable_swaps_modules_in_place_and_keeps_every_tensor():

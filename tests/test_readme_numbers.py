@@ -40,10 +40,13 @@ def test_check_fails_when_a_committed_number_changes(tmp_path):
     shutil.copy(rn.README, readme)
     assert rn.main(["--results", str(results), "--readme", str(readme), "--check"]) == 0
     t1 = results / "table1.csv"
-    t1.write_text(t1.read_text().replace('"0.8, 1.1"', '"0.8, 1.2"', 1))
+    cell = rn.read_table(t1)[0]["AP seeds"]  # e.g. "6.6, 6.1, 7.0"
+    first, rest = cell.split(", ", 1)
+    changed = f"{float(first) + 0.1:.1f}, {rest}"
+    t1.write_text(t1.read_text().replace(f'"{cell}"', f'"{changed}"', 1))
     assert rn.main(["--results", str(results), "--readme", str(readme), "--check"]) == 1
     assert rn.main(["--results", str(results), "--readme", str(readme), "--write"]) == 0
-    assert "(0.8 / 1.2)" in readme.read_text()
+    assert f"({changed.replace(', ', ' / ')})" in readme.read_text()
     assert rn.main(["--results", str(results), "--readme", str(readme), "--check"]) == 0
 
 
@@ -54,3 +57,15 @@ def test_bad_input_names_the_file(tmp_path, capsys):
     assert "README.md: no lite-results start/end marker pair" in capsys.readouterr().err
     with pytest.raises(rn.ReadmeNumbersError, match="table1.csv: missing"):
         rn.render(tmp_path)
+
+
+def test_margin_is_the_gap_of_means_against_twice_the_larger_sd():
+    a, b = [10.0, 12.0, 11.0], [5.0, 5.5, 6.0]
+    gap = sum(a) / 3 - sum(b) / 3  # 5.5
+    sd_a = (sum((x - 11.0) ** 2 for x in a) / 2) ** 0.5  # 1.0, the larger
+    assert (
+        rn.margin(a, b)
+        == f"mean gap {gap:+.2f}, 2 x larger seed sd {2 * sd_a:.2f}: beyond seed noise"
+    )
+    assert rn.margin([1.0, 3.0], [0.0, 0.5]).endswith("within seed noise")  # gap 1.75 < 2.83
+    assert rn.margin([1.0], [0.0, 0.5]) == "fewer than 2 seeds: no margin"

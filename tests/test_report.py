@@ -450,3 +450,20 @@ def test_random_cnn_runs_are_named_in_the_report(runs_root, tmp_path):
     assert "on purpose (model.backbone_weights=random): b0." in text and "b1" not in text
     report.build_report(p, runs_root, tmp_path / "rep")
     assert "RANDOM CNN" in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_fig1_verdict_counts_evaluations_after_20_percent_by_seed_means(tmp_path):
+    # DETR means per step: 10: 1.0, 50: 2.0, 100: 3.0; UP-DETR: 10: 0.5 (inside the first
+    # 20 %, not counted), 50: 2.5 (ahead), 100: 2.9 (behind)
+    write_run(tmp_path, "a0", aps=[(10, 0.0, 0.01), (50, 0.0, 0.01), (100, 0.0, 0.02)])
+    write_run(tmp_path, "a1", aps=[(10, 0.0, 0.01), (50, 0.0, 0.03), (100, 0.0, 0.04)])
+    write_run(tmp_path, "b0", aps=[(10, 0.0, 0.005), (50, 0.0, 0.02), (100, 0.0, 0.028)])
+    write_run(tmp_path, "b1", aps=[(10, 0.0, 0.005), (50, 0.0, 0.03), (100, 0.0, 0.030)])
+    rows = [Row("DETR", ("a0", "a1")), Row("UP-DETR", ("b0", "b1"), vs=("DETR",))]
+    runs = {n: Run(n, "finetune") for n in ("a0", "a1", "b0", "b1")}
+    p = Plan("t", "smoke", runs, {"fig1": rows}, {}, "step")
+    text = report.summary.fig1_verdict(p, tmp_path)
+    assert "UP-DETR ahead of DETR at 1 of 2 evaluations" in text and "steps 100" in text
+    write_run(tmp_path, "c0", aps=[(10, 0.0, 0.5), (50, 0.0, 0.5), (100, 0.0, 0.5)])
+    p.artefacts["fig1"] = [rows[0], Row("C", ("c0",))]
+    assert "C ahead of DETR at 2 of 2 evaluations" in report.summary.fig1_verdict(p, tmp_path)

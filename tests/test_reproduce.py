@@ -157,8 +157,8 @@ def test_missing_run_is_shown_missing(smoke, tmp_path):
     finally:
         shutil.move(hidden, out / "ft_crop_s1")
     table = (tmp_path / "rep" / "table1.md").read_text()
-    crop = next(line for line in table.splitlines() if "'crop'" in line)
-    assert "ft_crop_s1 (missing)" in crop and "1/2 seeds" in crop
+    crop = next(line for line in table.splitlines() if "crop patch feature" in line)
+    assert "ft_crop_s1 (missing)" in crop and "2/3 seeds" in crop
     assert "ft_crop_s1" in res["missing"]
     # the one finished seed is shown alone, not averaged with anything filled in
     ap = report.final_metrics(report.load_run(out, "ft_crop_s0"))["AP"]
@@ -236,7 +236,8 @@ def test_training_command_cpu_and_torchrun():
 def test_only_selects_the_runs_an_artefact_needs():
     p = plan("lite")
     names = p.runs_for(["fig6"])
-    assert names == ["cnn", "pre_roi_s0", "pre_roi_s1", "pre_nomask_s0", "pre_nomask_s1", "report"]
+    pres = [f"pre_{a}_s{s}" for a in ("crop", "nomask") for s in (0, 1, 2)]
+    assert names == ["cnn", *pres, "report"]
     main = p.runs_for(list(MAIN_ARTEFACTS))
     assert not any("m1" in n or "unfrozen" in n or "norec" in n for n in main)
     with pytest.raises(ReproduceError, match="table9"):

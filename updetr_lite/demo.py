@@ -47,9 +47,9 @@ DEMO_DIR = Path(__file__).resolve().parents[1] / ".cache" / "updetr_lite" / "dem
 SHIPPED_DIR = Path(__file__).resolve().parent / "data" / "demo_checkpoint"
 SHIPPED_CHECKPOINT = SHIPPED_DIR / "lite_demo.pth"
 SHIPPED_RECORD = SHIPPED_DIR / "lite_demo.json"
-# the lite pre-training checkpoint `bash run.sh` writes (the lite plan's run pre_roi_s0)
+# the lite pre-training checkpoint `bash run.sh` writes (the lite plan's run pre_crop_s0)
 MAIN_RUN_CHECKPOINT = (
-    Path(__file__).resolve().parents[1] / "runs" / "main" / "pre_roi_s0" / "last.pth"
+    Path(__file__).resolve().parents[1] / "runs" / "main" / "pre_crop_s0" / "last.pth"
 )
 # Demo checkpoint steps (one torch thread): lite, the shipped checkpoint's steps (its JSON
 # has the measured time); smoke (one 64 px photo, tests only): 1500 steps
@@ -192,17 +192,39 @@ def load_demo_model(path, preset: str = "paper") -> tuple[torch.nn.Module, Confi
 # ---------------------------------------------------------------- training the lite checkpoint
 
 
+# The shipped demo checkpoint's model: the lite sizes with the earlier lite transformer (no
+# encoder layers, positions in the decoder's values) and 'roi' patch features, which the demo
+# trainer pools from a few photos; the lite preset itself now runs the paper's transformer
+# and crop patch features (its runs are what `bash run.sh` writes)
+DEMO_MODEL = (
+    "model.enc_layers=0",
+    "model.pos_in_values=True",
+    "model.enc_layer_scale=0.0",
+    "model.cnn_bf16=None",
+    "pretext.patch_feature=roi",
+    "pretext.crop_bank=0",
+)
+
+
 def demo_config(smoke: bool) -> Config:
-    """The demo's checkpoint settings: the lite model; smoke: the smoke preset's 64 px images
-    and 1 encoder layer, but width 64 and 2 decoder layers (the smoke model's width 32 and
-    single decoder layer did not reach IoU 0.5 on its training photo in 3000 steps)."""
+    """The demo's checkpoint settings: the lite sizes and ``DEMO_MODEL``; smoke: the smoke
+    preset's 64 px images and 1 encoder layer, 'roi' patches, but width 64 and 2 decoder layers
+    (the smoke model's width 32 and single decoder layer did not reach IoU 0.5 on its training
+    photo in 3000 steps)."""
     if smoke:
         cfg = get_config(
             "smoke",
-            ["model.hidden_dim=64", "model.dim_feedforward=128", "model.dec_layers=2"],
+            [
+                "model.hidden_dim=64",
+                "model.dim_feedforward=128",
+                "model.dec_layers=2",
+                "model.enc_layer_scale=0.0",
+                "pretext.patch_feature=roi",
+                "pretext.crop_bank=0",
+            ],
         )
     else:
-        cfg = get_config("lite")
+        cfg = get_config("lite", list(DEMO_MODEL))
     cfg.pretext = dataclasses.replace(cfg.pretext, patch_dropout=0.0 if smoke else 0.1)
     return cfg.validate()
 
@@ -326,7 +348,7 @@ def ensure_lite_checkpoint(
     - ``train``: a fresh checkpoint trained on the demo photos (``STEPS_FULL`` steps, about
       the shipped checkpoint's ``train_seconds``; smoke: one 64 px photo, ``STEPS_SMOKE``),
       cached as ``.cache/updetr_lite/demo/lite-<hash of the settings>.pth``.
-    - otherwise the lite pre-training of ``bash run.sh`` (``runs/main/pre_roi_s0/last.pth``)
+    - otherwise the lite pre-training of ``bash run.sh`` (``runs/main/pre_crop_s0/last.pth``)
       when it exists, else the checkpoint that ships with the kit (``SHIPPED_CHECKPOINT``).
     """
     if authors_checkpoint:
@@ -371,7 +393,7 @@ def checkpoint_note(path) -> str:
     p = Path(path).resolve()
     if p == MAIN_RUN_CHECKPOINT.resolve():
         return (
-            f"checkpoint: {p} - the lite pre-training of `bash run.sh` (run pre_roi_s0, "
+            f"checkpoint: {p} - the lite pre-training of `bash run.sh` (run pre_crop_s0, "
             "trained on the embedded data set's unlabeled images)"
         )
     if p == SHIPPED_CHECKPOINT.resolve():

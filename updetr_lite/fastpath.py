@@ -240,7 +240,7 @@ class FastBackbone(Backbone):
     and dropped when weights are loaded into ``body`` (never saved: not a submodule).
     """
 
-    def __init__(self, plain: Backbone):
+    def __init__(self, plain: Backbone, bf16: bool | None = None):
         nn.Module.__init__(self)  # not Backbone.__init__: take plain's modules, build none
         self.body = plain.body  # the same modules: the same parameters and state-dict keys
         self.name, self.layer, self.num_channels = plain.name, plain.layer, plain.num_channels
@@ -248,6 +248,7 @@ class FastBackbone(Backbone):
         trains = [any(p.requires_grad for p in self.body[s].parameters()) for s in stages]
         n_fixed = trains.index(True) if any(trains) else len(stages)
         self.fixed, self.trained = tuple(stages[:n_fixed]), tuple(stages[n_fixed:])
+        self.bf16 = bf16  # FrozenCNN's: None = where the hardware has it
         runners: dict[torch.device, FrozenCNN] = {}
         self._runners = runners
         self.body.register_load_state_dict_post_hook(lambda *_: runners.clear())
@@ -260,7 +261,7 @@ class FastBackbone(Backbone):
     def trunk(self, x: torch.Tensor) -> torch.Tensor:
         if x.device not in self._runners:
             self._runners.clear()
-            self._runners[x.device] = FrozenCNN(self._fixed_part()).to(x.device)
+            self._runners[x.device] = FrozenCNN(self._fixed_part(), self.bf16).to(x.device)
         x = self._runners[x.device](x)
         if not self.trained:
             return x["0"]
@@ -269,7 +270,7 @@ class FastBackbone(Backbone):
         return x
 
 
-def enable(model: nn.Module) -> nn.Module:
+def enable(model: nn.Module, bf16: bool | None = None) -> nn.Module:
     """Put ``model`` (a DETR, UPDETR or Backbone built plain) on the fast path; returns it.
 
     In place: the `Backbone` is replaced by a `FastBackbone` holding the same ``body``, and
@@ -277,14 +278,15 @@ def enable(model: nn.Module) -> nn.Module:
     (the same object, parameters and state-dict keys; the subclass only adds a forward), so
     optimizers, checkpoints and the RNG stream are untouched; a second call changes nothing.
     Call it once ``requires_grad`` is final: it reads which CNN stages are fixed. A bare
-    Backbone cannot be replaced in place: its FastBackbone is returned instead.
+    Backbone cannot be replaced in place: its FastBackbone is returned instead. ``bf16``: the
+    frozen CNN's precision (`FrozenCNN`; None: bf16 where the hardware has it).
     """
     if type(model) is Backbone:
-        return FastBackbone(model)
+        return FastBackbone(model, bf16)
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if type(child) is Backbone:
-                setattr(parent, name, FastBackbone(child))
+                setattr(parent, name, FastBackbone(child, bf16))
             elif type(child) is nn.Dropout:
                 child.__class__ = Dropout
             elif type(child) is nn.MultiheadAttention:

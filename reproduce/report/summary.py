@@ -96,6 +96,45 @@ def fig6_verdict(plan, out_root: str | Path) -> str:
     return text + ("; one seed: too few to conclude." if n < 2 else ".")
 
 
+def fig1_verdict(plan, out_root: str | Path, key: str = "AP50") -> str:
+    """Figure 1 checked point by point: at every evaluation after the first 20 % of the
+    fine-tuning steps, is each UP-DETR arm's seed mean above DETR's (the first row)?"""
+    rows = plan.artefacts.get("fig1", [])
+    if len(rows) < 2:
+        return "Figure 1: not planned at this scale."
+
+    def mean_curve(row) -> dict:
+        per_step: dict = {}
+        for name in row.runs:
+            r = load_run(out_root, name)
+            if r.status != "done":
+                return {}
+            for x, y in zip(*curve(r.records, key)):
+                per_step.setdefault(x, []).append(y)
+        n = len(row.runs)
+        return {x: statistics.fmean(v) for x, v in per_step.items() if len(v) == n}
+
+    base = mean_curve(rows[0])
+    if not base:
+        return f"Figure 1: {rows[0].label} not finished."
+    last = max(base)
+    parts = []
+    for row in rows[1:]:
+        arm = mean_curve(row)
+        steps = sorted(x for x in base if x in arm and x > 0.2 * last)
+        if not steps:
+            parts.append(f"{row.label}: not finished")
+            continue
+        ahead = [x for x in steps if arm[x] > base[x]]
+        behind = [int(x) for x in steps if arm[x] <= base[x]]
+        parts.append(
+            f"{row.label} ahead of {rows[0].label} at {len(ahead)} of {len(steps)} evaluations "
+            f"after 20 % of fine-tuning (seed means of {key}"
+            + (f"; not ahead at steps {', '.join(map(str, behind))})" if behind else ")")
+        )
+    return "Figure 1: " + "; ".join(parts) + "."
+
+
 def summary_section(plan, out_root: str | Path) -> str:
     """What the runs say about the paper's claims, each with its seed count."""
     lines = ["## Summary\n"]
@@ -107,6 +146,8 @@ def summary_section(plan, out_root: str | Path) -> str:
         for a, b in pairs(arms):
             for key in CLAIM_KEYS[table]:
                 lines.append(f"- {claim} ({key}): {compare(a, b, key)}")
+    if plan.artefacts.get("fig1"):
+        lines.append(f"- C1 (Figure 1): {fig1_verdict(plan, out_root)}")
     lines.append(f"- C4 (Figure 6): {fig6_verdict(plan, out_root)}")
     loc = Path(out_root) / "localize" / "localization.json"
     if loc.exists():

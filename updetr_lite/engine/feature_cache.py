@@ -10,6 +10,10 @@ images go through the *eval* transforms (no augmentation: the cached map is one 
   and the CNN never runs during pre-training.
 - Pre-training, ``'crop'``: the patch crops still come from the pretext dataset every step and
   the CNN embeds them under ``torch.no_grad`` (``FeatureExtractor.patches``).
+- Pre-training, ``'crop'`` with ``pretext.crop_bank`` K > 0: a bank of K augmented query
+  patches per image, cut and embedded once (their boxes [K, 4] and features [K, C]); each
+  time an image is used, M of its K patches are drawn without replacement. The paper's
+  patch feature at the cost of a 'roi' step; the bank is drawn with ``pretrain.seed``.
 
 Maps are computed with the frozen-CNN fast path (folded batch norm, bf16 where the hardware
 has it) and stored in a file under ``cfg.data.cache_dir/features/`` named
@@ -35,6 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from .. import fastpath
 from . import distributed as du
 from .checkpoint import CheckpointWriteError, atomic_save
 from .seeding import SeededDataset
@@ -234,6 +239,24 @@ class CachedPretextRoi(Dataset):
         return self.maps[i], target
 
 
+class CachedPretextBank(Dataset):
+    """(map, target, patch features [M, C]) per image: M of the image's K banked query
+    patches (boxes [N, K, 4] cxcywh normalised, features [N, K, C]), drawn with torch's RNG
+    (seeded per item by the engine)."""
+
+    def __init__(self, maps, boxes, feats, num_patches: int):
+        self.maps, self.boxes, self.feats, self.m = maps, boxes, feats, num_patches
+
+    def __len__(self):
+        return len(self.maps)
+
+    def __getitem__(self, i):
+        pick = torch.randperm(self.boxes.shape[1])[: self.m]
+        boxes = self.boxes[i][pick]
+        target = {"boxes": boxes, "labels": torch.ones(len(boxes), dtype=torch.int64)}
+        return self.maps[i], target, self.feats[i][pick].float()
+
+
 def collate_cached_pretext(batch):
     feats, mask = pad_maps([b[0] for b in batch])
     targets = [b[1] for b in batch]
@@ -279,14 +302,18 @@ def cached_sets(cfg, stage, model, device, train_set, val_set, progress, skips) 
     """The stage's datasets on cached CNN maps (the cache files built on first use).
     Appends (what, skip report) of each cache to ``skips``."""
     extractor = FeatureExtractor(model.backbone, device)
-    ident = (extractor.weights_hash, cfg.model.backbone, cfg.model.backbone_layer)
+    # the maps' precision: a bf16 cache must not stand in for an fp32 run, nor the reverse
+    bf16 = cfg.model.fast_path and (
+        fastpath.bf16_supported(device) if cfg.model.cnn_bf16 is None else cfg.model.cnn_bf16
+    )
+    ident = (extractor.weights_hash, cfg.model.backbone, cfg.model.backbone_layer, bf16)
     ident += (data_identity(cfg.data),)
     if stage == "finetune":
         train = _cached_detection(cfg, extractor, train_set, ident, "train", progress, skips)
         val = _cached_detection(cfg, extractor, val_set, ident, "val", progress, skips, False)
         return CachedSets(train, val, collate_cached_detection, extractor, True)
     train = _cached_pretext(cfg, extractor, train_set, ident, progress, skips)
-    if cfg.pretext.patch_feature == "roi":
+    if cfg.pretext.patch_feature == "roi" or isinstance(train, CachedPretextBank):
         extractor = None  # no CNN per step
     return CachedSets(train, None, collate_cached_pretext, extractor, extractor is None)
 
@@ -394,4 +421,59 @@ def _cached_pretext(cfg, extractor, dataset, ident, progress, skips):
     data = _cached_with_skips(path, compute, dataset, "feature cache (pretext)", skips)
     if cfg.pretext.patch_feature == "roi":
         return CachedPretextRoi(data["maps"], data["sizes"], dataset.sample_boxes)
+    if cfg.pretext.crop_bank > 0:
+        bank = _crop_bank(cfg, extractor, dataset, ident, progress)
+        m = cfg.pretext.num_patches
+        return CachedPretextBank(data["maps"], bank["boxes"], bank["feats"], m)
     return CachedPretextCrop(data["maps"], dataset)
+
+
+class _BankPatches(Dataset):
+    """Each image's K query patches (crops [K, 3, p, p], boxes [K, 4]), drawn once."""
+
+    def __init__(self, dataset, k: int, seed: int):
+        dataset = copy.copy(dataset)
+        dataset.num_patches = k
+        self.seeded = SeededDataset(dataset, seed)
+        self.seeded.epoch = 2**31 - 2  # never a training epoch, nor the maps' view
+
+    def __len__(self):
+        return len(self.seeded)
+
+    def __getitem__(self, i):
+        _, target, patches = self.seeded[i]
+        return patches, target["boxes"]
+
+
+def _collate_bank(batch):
+    return torch.stack([b[0] for b in batch]), None, [b[1] for b in batch]
+
+
+def _crop_bank(cfg, extractor, dataset, ident, progress) -> dict:
+    """{'boxes': [N, K, 4] cxcywh normalised, 'feats': [N, K, C]}: the query patch bank."""
+    from tqdm.auto import tqdm
+
+    k, seed = cfg.pretext.crop_bank, cfg.pretrain.seed
+    if k < cfg.pretext.num_patches:
+        raise FeatureCacheError(
+            f"pretext.crop_bank={k} holds fewer patches than pretext.num_patches="
+            f"{cfg.pretext.num_patches} drawn from it"
+        )
+    view = _BankPatches(dataset, k, seed)
+    key = cache_key("crop_bank", len(view), k, seed, cfg.pretext.patch_size, ident)
+    path = content_cache_path(cfg.data.cache_dir, key, _source_files(dataset))
+
+    def compute():
+        loader = feature_loader(view, _collate_bank, 16, cfg.data.num_workers)
+        boxes, feats = [], []
+        for patches, _, b in tqdm(
+            loader,
+            desc="CNN features (query patch bank)",
+            leave=False,
+            disable=not (progress and du.is_main_process()),
+        ):
+            feats.append(extractor.patches(patches).cpu())
+            boxes.extend(b)
+        return {"boxes": torch.stack(boxes), "feats": torch.cat(feats)}
+
+    return cached(path, compute)

@@ -70,7 +70,7 @@ def build_transformer(cfg: Config) -> Transformer:
 
 
 def _fast(model, cfg: Config):
-    return fastpath.enable(model) if cfg.model.fast_path else model
+    return fastpath.enable(model, cfg.model.cnn_bf16) if cfg.model.fast_path else model
 
 
 def build_detr(cfg: Config) -> DETR:

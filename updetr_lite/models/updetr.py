@@ -50,9 +50,9 @@ class UPDETR(DETR):
     reconstruction target), aux_outputs). k = M in training; k <= M at evaluation.
 
     patch_feature: 'crop' runs the CNN on the resized crops (the paper); 'roi' averages a
-    RoIAlign of the image feature map over each patch box (a lite-scale deviation: the CNN
-    never sees the crops; in the lite runs the crop pretext stayed on a plateau, per-box L1
-    about 0.30, while the roi one learned to localise, L1 0.18).
+    RoIAlign of the image feature map over each patch box (a variant the lite report runs
+    beside the paper's way: the CNN never sees the crops). Either feature may also come in
+    precomputed through ``forward_features`` (the lite scale's cached bank of crops).
 
     patch_init_gain (lite deviation, ``pretext.patch_init_gain``) multiplies patch_proj's
     initial weights: a query is object query + patch feature, and with PyTorch's init the
