@@ -62,11 +62,9 @@ from updetr_lite.engine.train import train
 
 steps = 30 if SMOKE else STEPS
 run_root = Path(RUN_DIR) if RUN_DIR else nc.project_root() / "runs" / "notebooks" / "04_pretraining"
-main_dirs = {True: nc.project_root() / "runs" / "main" / "pre_crop_s0",
-             False: nc.project_root() / "runs" / "main" / "pre_nomask_s0"}  # fmt: skip
-from_main = (
-    USE_MAIN_RUNS and not SMOKE and all((d / "last.pth").is_file() for d in main_dirs.values())
-)
+names = {True: "pre_crop_s0", False: "pre_nomask_s0"}  # with and without the mask
+main_dirs = nc.main_job_runs(names, USE_MAIN_RUNS and not SMOKE)
+from_main = main_dirs is not None
 run_dirs = main_dirs if from_main else {
     flag: run_root / ("with_mask" if flag else "without_mask") for flag in (True, False)
 }  # fmt: skip

@@ -66,13 +66,10 @@ from updetr_lite.engine.train import train
 
 pre_steps, ft_steps = (20, 16) if SMOKE else (PRETRAIN_STEPS, FINETUNE_STEPS)
 run_root = Path(RUN_DIR) if RUN_DIR else nc.project_root() / "runs" / "notebooks" / "05_finetuning"
-main = nc.project_root() / "runs" / "main"
-main_dirs = {"pretrain": main / "pre_crop_s0", "updetr": main / "ft_crop_s0",
-             "scratch": main / "ft_scratch_s0"}  # fmt: skip
-from_main = (
-    USE_MAIN_RUNS and not SMOKE and all((d / "last.pth").is_file() for d in main_dirs.values())
-)
-arm_dirs = main_dirs if from_main else {k: run_root / k for k in main_dirs}
+names = {"pretrain": "pre_crop_s0", "updetr": "ft_crop_s0", "scratch": "ft_scratch_s0"}
+main_dirs = nc.main_job_runs(names, USE_MAIN_RUNS and not SMOKE)
+from_main = main_dirs is not None
+arm_dirs = main_dirs if from_main else {k: run_root / k for k in names}
 results["from_main_runs"] = from_main
 common = [
     f"pretrain.seed={SEED}",

@@ -303,10 +303,12 @@ def reproduce(
     coco_root: str | None = None,
     timeout: float | None = None,
     echo=print,
+    runs: list[str] | None = None,
 ) -> dict[str, Result]:
-    """Plan, check the inputs, execute. Returns each run's Result."""
+    """Plan, check the inputs, execute (the artefacts ``only``, or the named ``runs``).
+    Returns each run's Result."""
     p = plan(scale)
-    names = p.runs_for(only)
+    names = p.runs_for(only, runs)
     overrides = list(overrides)
     get_config(p.preset, overrides)  # a bad --set fails here, once, not in every run
     launch = launch or Launch()

@@ -84,8 +84,7 @@ def small_plan(scale: str) -> Plan:
         "model.frozen_cnn=False",
         f"pretrain.lr_backbone={cfg.pretrain.lr / 2}",
         "pretrain.cache_features=False",
-        "pretrain.amp=True",
-    )
+    )  # fp32 as every lite run (bf16 autocast would make the numbers depend on the CPU)
     norec = "pretext.reconstruction=False"
     abl = ABLATION_SEEDS
     abl_b = [pre("pre_norec", s, crop, norec) for s in abl]

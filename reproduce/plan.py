@@ -87,10 +87,14 @@ class Plan:
     # x axis of learning curves: 'step', or 'epoch' (fractional: step / steps per epoch)
     x_key: str = "step"
 
-    def runs_for(self, only: list[str] | None = None) -> list[str]:
+    def runs_for(self, only: list[str] | None = None, runs: list[str] | None = None) -> list[str]:
         """Run names (needs included, in dependency order) for the artefacts in ``only``
-        (all when None); 'report' is always last."""
-        wanted = list(ARTEFACTS) if not only else only
+        (all when None), or for the named ``runs`` alone (part of an artefact); 'report' is
+        always last."""
+        unknown = [r for r in runs or () if r not in self.runs]
+        if unknown:
+            raise ReproduceError(f"--runs: unknown run(s) {', '.join(unknown)} (see --list)")
+        wanted = [] if runs else list(ARTEFACTS) if not only else only
         bad = [a for a in wanted if a not in ARTEFACTS and a != "report"]
         if bad:
             raise ReproduceError(
@@ -106,6 +110,8 @@ class Plan:
                 add(need)
             names.append(name)
 
+        for r in runs or ():
+            add(r)
         for a in wanted:
             for row in self.artefacts.get(a, []):
                 for r in row.runs:

@@ -42,6 +42,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         help=f"comma-separated artefacts: {','.join(ARTEFACTS)},report (default: all)",
     )
     ap.add_argument(
+        "--runs",
+        default="",
+        help="comma-separated run names instead of --only (with the runs they need), e.g. "
+        "part of an artefact; the report is rebuilt from every run folder",
+    )
+    ap.add_argument(
         "--out", default="runs/reproduce", help="folder of the run folders and the report"
     )
     ap.add_argument("--gpus", type=int, default=0, help="GPUs per node (0: CPU)")
@@ -75,11 +81,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     only = [a.strip() for a in args.only.split(",") if a.strip()] or None
+    runs = [a.strip() for a in args.runs.split(",") if a.strip()] or None
     overrides = [o for group in args.overrides for o in group]
     try:
         if args.list:
             p = plan(args.scale)
-            for name in p.runs_for(only):
+            for name in p.runs_for(only, runs):
                 r = p.runs[name]
                 init = f" init={r.init}" if r.init else ""
                 print(f"{name:24s} {r.kind:9s}{init} {' '.join(r.overrides)}")
@@ -96,6 +103,7 @@ def main(argv=None) -> int:
             args.jobs or None,
             args.coco_root,
             args.timeout,
+            runs=runs,
         )
     except (ReproduceError, ConfigError, MissingDataError) as e:
         print(f"reproduce: {e}", file=sys.stderr)

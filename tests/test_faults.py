@@ -152,9 +152,10 @@ def test_skips_are_counted_on_the_feature_cache_path_built_and_reused(tmp_path, 
     for run in ("first", "reused"):
         train(cfg, "pretrain", tmp_path / run, progress=False)
         skips = _records(tmp_path / run, "skips")
+        # the maps and the query patch bank ('crop') each read every file once
         assert [
             (r["where"], r["report"]["too_small"], r["report"]["unreadable"]) for r in skips
-        ] == [("feature cache (pretext)", 1, 1)], skips
+        ] == [("feature cache (pretext)", 1, 1), ("feature cache (query patch bank)", 1, 1)], skips
         assert {Path(f).name for f in skips[0]["report"]["files"]} == {"tiny.png", "bad.jpg"}
     assert "(reused)" in capsys.readouterr().out
 

@@ -242,6 +242,10 @@ def test_only_selects_the_runs_an_artefact_needs():
     assert not any("m1" in n or "unfrozen" in n or "norec" in n for n in main)
     with pytest.raises(ReproduceError, match="table9"):
         p.runs_for(["table9"])
+    # --runs: the named runs with what they need, nothing else of their artefact
+    assert p.runs_for(runs=["ft_norec_s1"]) == ["cnn", "pre_norec_s1", "ft_norec_s1", "report"]
+    with pytest.raises(ReproduceError, match="unknown run"):
+        p.runs_for(runs=["ft_nope_s0"])
 
 
 def test_stream_copies_output_and_names_the_log_on_failure(tmp_path):

@@ -552,3 +552,17 @@ def test_picture_keys_labels_and_zero_bars():
     viz.draw_boxes(ax, [[2, 3, 10, 20]], ["p0"])
     assert [t.get_position()[1] for t in ax.texts] == [20, 3]
     plt.close("all")
+
+
+def test_main_job_runs_only_when_every_run_has_its_checkpoint(tmp_path):
+    from updetr_lite import notebook_checks as nc
+
+    (tmp_path / "pre_crop_s0").mkdir()
+    (tmp_path / "pre_crop_s0" / "last.pth").write_bytes(b"x")
+    names = {"pretrain": "pre_crop_s0", "scratch": "ft_scratch_s0"}
+    assert nc.main_job_runs(names, root=tmp_path) is None  # ft_scratch_s0 missing
+    (tmp_path / "ft_scratch_s0").mkdir()
+    (tmp_path / "ft_scratch_s0" / "last.pth").write_bytes(b"x")
+    got = nc.main_job_runs(names, root=tmp_path)
+    assert got == {k: tmp_path / n for k, n in names.items()}
+    assert nc.main_job_runs(names, use=False, root=tmp_path) is None

@@ -116,6 +116,17 @@ def project_root() -> Path:
     return Path(__file__).resolve().parents[1]
 
 
+def main_job_runs(names: dict, use: bool = True, root=None) -> dict | None:
+    """{key: run folder} of the main job (``bash run.sh`` writes ``runs/main/<name>``) when
+    ``use`` and every named run has its ``last.pth``; else None (the notebook trains its own).
+    ``names``: {key: run name}, e.g. {"pretrain": "pre_crop_s0"}."""
+    main = Path(root) if root else project_root() / "runs" / "main"
+    dirs = {k: main / n for k, n in names.items()}
+    if use and all((d / "last.pth").is_file() for d in dirs.values()):
+        return dirs
+    return None
+
+
 def notebook_config(preset: str, overrides: list[str] | None = None, cache_dir=None):
     """``get_config(preset, overrides)`` with the data cache anchored in the project's
     ``.cache/updetr_lite`` (a notebook's working folder is ``notebooks/``, not the root)."""

@@ -58,7 +58,9 @@ def main(argv=None) -> int:
     base = [f"data.cache_dir={cache}", f"model.backbone_weights={cnn}", "data.num_workers=0"]
     out = PROBES / args.name
     rec = {"name": args.name, "overrides": args.overrides, "seed": args.seed}
-    rec["bf16"] = not args.no_bf16 and fastpath.bf16_supported("cpu")
+    # the frozen CNN's precision as the runs resolve it (model.cnn_bf16; None: the hardware's)
+    want = get_config("lite", args.overrides).model.cnn_bf16
+    rec["bf16"] = not args.no_bf16 and (fastpath.bf16_supported("cpu") if want is None else want)
     init = None
     if args.init:
         init = PROBES / args.init / "pre" / "last.pth"

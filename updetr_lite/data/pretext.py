@@ -19,7 +19,7 @@ unreadable or truncated files are skipped with a
 warning naming the file (counted as ``unreadable``): ``__getitem__`` returns the next good
 image instead. ``report_skips()`` (which the engine calls at the end of an epoch) logs and returns the counts and resets them. Counters live in shared memory, so
 skips in DataLoader workers are counted too, and ``copy.copy`` shares them (the feature
-cache reads through a copy). PIL is told not to load truncated files. 16-bit grey images
+cache reads through a copy; ``data/skips.py``). PIL is told not to load truncated files. 16-bit grey images
 are scaled to 8 bits (65535 -> 255), not clipped.
 
 All randomness comes from torch's global RNG unless a generator is passed, so the engine's
@@ -28,9 +28,7 @@ per-item seeding makes every draw reproducible.
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import multiprocessing
 import warnings
 from pathlib import Path
 
@@ -48,7 +46,7 @@ from .query_patches import (
     sample_patch_boxes,
     to_cxcywh,
 )
-from .skips import MAX_ASPECT, extreme_aspect
+from .skips import MAX_ASPECT, SkipFlags, extreme_aspect
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error here, never grey pixels
 
@@ -169,9 +167,9 @@ class PretextDataset(Dataset):
             min_size=list(cfg.data.pretext_scales), max_size=cfg.data.pretext_max_size
         )
         self.patch_aug = patch_augmentation()
-        # one flag per file in shared memory (0 ok, 1 too small, 2 unreadable): skips seen by
-        # DataLoader workers reach the main process's report, each file counted once
-        self._flags = multiprocessing.RawArray(ctypes.c_byte, len(self.files))
+        # one flag per file in shared memory: skips seen by DataLoader workers reach the main
+        # process's report, each file counted once; copy.copy shares them
+        self._skips = SkipFlags(len(self.files), SKIP_KINDS)
         self._warned: set[str] = set()
 
     def __len__(self) -> int:
@@ -180,44 +178,21 @@ class PretextDataset(Dataset):
     def source_files(self) -> list[Path]:
         return list(self.files)
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        from multiprocessing.context import get_spawning_popen
-
-        if get_spawning_popen() is None:  # a plain pickle/deepcopy: carry a snapshot
-            state["_flags"] = bytes(self._flags)
-        return state
-
-    def __copy__(self):  # a view of the same files: share the skip counters
-        new = self.__class__.__new__(self.__class__)
-        new.__dict__.update(self.__dict__)
-        return new
-
-    def __setstate__(self, state):
-        if isinstance(state["_flags"], bytes):
-            flags = multiprocessing.RawArray(ctypes.c_byte, len(state["_flags"]))
-            flags[:] = list(state["_flags"])
-            state["_flags"] = flags
-        self.__dict__.update(state)
-
     @property
     def skipped(self) -> dict[str, int]:
-        """Files skipped since the last report: {'too_small': n, 'unreadable': n}."""
-        flags = bytes(self._flags)
-        return {k: flags.count(j + 1) for j, k in enumerate(SKIP_KINDS)}
+        """Files skipped since the last report: {'too_small': n, 'unreadable': n, ...}."""
+        return self._skips.counts()
 
     def _count(self, i: int, kind: str) -> None:
-        self._flags[i] = SKIP_KINDS.index(kind) + 1
+        self._skips.count(i, kind)
 
     def report_skips(self) -> dict:
         """Log and return the files skipped since the last call (e.g. one epoch), then reset:
         {'too_small': n, 'unreadable': n, 'files': first 20 names}; {} when none was."""
-        flags = bytes(self._flags)
-        ctypes.memset(ctypes.addressof(self._flags), 0, len(self._flags))
-        counts = {k: flags.count(j + 1) for j, k in enumerate(SKIP_KINDS)}
-        if not any(counts.values()):
+        report = self._skips.take(lambda i: self.files[i])
+        if not report:
             return {}
-        files = [str(self.files[i]) for i, f in enumerate(flags) if f][:20]
+        counts, files = {k: report[k] for k in SKIP_KINDS}, report["files"]
         log.warning(
             "pretext data %s: skipped %d images with a side <= %d px, %d unreadable files and "
             "%d images with an aspect ratio over %d (%s%s)",

@@ -422,7 +422,7 @@ def _cached_pretext(cfg, extractor, dataset, ident, progress, skips):
     if cfg.pretext.patch_feature == "roi":
         return CachedPretextRoi(data["maps"], data["sizes"], dataset.sample_boxes)
     if cfg.pretext.crop_bank > 0:
-        bank = _crop_bank(cfg, extractor, dataset, ident, progress)
+        bank = _crop_bank(cfg, extractor, dataset, ident, progress, skips)
         m = cfg.pretext.num_patches
         return CachedPretextBank(data["maps"], bank["boxes"], bank["feats"], m)
     return CachedPretextCrop(data["maps"], dataset)
@@ -449,7 +449,7 @@ def _collate_bank(batch):
     return torch.stack([b[0] for b in batch]), None, [b[1] for b in batch]
 
 
-def _crop_bank(cfg, extractor, dataset, ident, progress) -> dict:
+def _crop_bank(cfg, extractor, dataset, ident, progress, skips=None) -> dict:
     """{'boxes': [N, K, 4] cxcywh normalised, 'feats': [N, K, C]}: the query patch bank."""
     from tqdm.auto import tqdm
 
@@ -476,4 +476,5 @@ def _crop_bank(cfg, extractor, dataset, ident, progress) -> dict:
             boxes.extend(b)
         return {"boxes": torch.stack(boxes), "feats": torch.cat(feats)}
 
-    return cached(path, compute)
+    what = "feature cache (query patch bank)"
+    return _cached_with_skips(path, compute, dataset, what, [] if skips is None else skips)

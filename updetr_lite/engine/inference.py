@@ -35,6 +35,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..config import Config, get_config
 from ..data.images import as_uint8_image, normalize
 from ..data.query_patches import crop_patches, patch_augmentation
+from ..models.weights import kit_names
 from .checkpoint import (
     CheckpointError,
     check_finite_state,
@@ -57,20 +58,6 @@ class InferenceError(ValueError):
 
 
 # --------------------------------------------------------------------------- checkpoints
-
-
-def _rename_authors(state: dict) -> dict:
-    """The authors' UP-DETR key names -> this kit's (DETR's names are shared)."""
-    from ..models.weights import AUTHOR_NAMES
-
-    out = {}
-    for key, value in state.items():
-        for old, new in AUTHOR_NAMES.items():
-            if key.startswith(old):
-                key = new + key[len(old) :]
-                break
-        out[key] = value
-    return out
 
 
 def config_from_state(state: dict, base: Config) -> Config:
@@ -133,7 +120,7 @@ def read_checkpoint(
     path); any other file's settings come from its shapes over ``preset`` (default
     'paper') with ``overrides``."""
     ckpt = load_checkpoint(path)
-    state = _rename_authors(model_state(ckpt))
+    state = kit_names(model_state(ckpt))  # the authors' UP-DETR names -> the kit's
     if isinstance(ckpt.get("config"), dict):
         cfg = Config.from_dict(ckpt["config"]).override(list(overrides or []))
     else:

@@ -130,13 +130,11 @@ def _build(cfg: Config, stage: str):
 
 def prepare_model(cfg: Config, stage: str):
     """(model, criterion, trainable_cnn) for a stage. A CNN that never steps (lr_backbone 0,
-    or the frozen pre-training CNN) gets requires_grad False: no gradient, not in the optimizer.
+    or the frozen pre-training CNN) is built with requires_grad False (`build_backbone`): no
+    gradient, not in the optimizer.
     """
     model, criterion, _, _ = _build(cfg, stage)
     trainable_cnn = cnn_trains(cfg, stage)
-    if not trainable_cnn:
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
     if stage == "pretrain" and not cfg.pretext.reconstruction:
         for p in model.reconstruction_head.parameters():  # unused: no gradient (and DDP-safe)
             p.requires_grad_(False)
