@@ -231,8 +231,9 @@ def test_main_job_is_wired(monkeypatch, capsys):
     assert args[args.index("--only") + 1].split(",") == list(MAIN_ARTEFACTS)
     calls, status = [], {"cnn": "done", "report": "done"}
 
-    def fake(*a):
+    def fake(*a, runs=None):
         calls.append(a)
+        assert runs is None  # run.sh names artefacts, not runs
         return {n: Result(n, s) for n, s in status.items()}
 
     monkeypatch.setattr(run, "reproduce", fake)

@@ -121,7 +121,7 @@ def test_rerun_skips_finished_runs_and_resumes(smoke):
         timeout=200,
     )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    for name in ("cnn", "pre_roi_s0", "ft_roi_s1", "ft_crop_s0"):
+    for name in ("cnn", "pre_crop_s0", "ft_crop_s1", "ft_scratch_s2"):
         assert f"{name}: finished before, skipped" in r.stdout
         assert (out / name / "DONE").stat().st_mtime == done[name]
     params = json.loads((out / "ft_scratch_s0" / "parameters.json").read_text())
@@ -132,7 +132,7 @@ def test_rerun_skips_finished_runs_and_resumes(smoke):
 def test_a_rerun_with_other_settings_is_refused(smoke):
     out, proc, _ = smoke
     assert proc.returncode == 0
-    before = (out / "pre_roi_s0" / "DONE").read_text()
+    before = (out / "pre_crop_s0" / "DONE").read_text()
     r = subprocess.run(
         RUN
         + ["--scale", "smoke", "--only", "fig6", "--out", str(out)]
@@ -144,7 +144,7 @@ def test_a_rerun_with_other_settings_is_refused(smoke):
     )
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     assert "holds a run with other settings (pretrain.max_steps 0 -> 1)" in r.stderr
-    assert (out / "pre_roi_s0" / "DONE").read_text() == before  # nothing ran
+    assert (out / "pre_crop_s0" / "DONE").read_text() == before  # nothing ran
 
 
 def test_missing_run_is_shown_missing(smoke, tmp_path):
@@ -160,9 +160,9 @@ def test_missing_run_is_shown_missing(smoke, tmp_path):
     crop = next(line for line in table.splitlines() if "crop patch feature" in line)
     assert "ft_crop_s1 (missing)" in crop and "2/3 seeds" in crop
     assert "ft_crop_s1" in res["missing"]
-    # the one finished seed is shown alone, not averaged with anything filled in
-    ap = report.final_metrics(report.load_run(out, "ft_crop_s0"))["AP"]
-    assert f"| {ap:.1f} |" in crop
+    # the finished seeds are shown, nothing filled in for the missing one
+    aps = [report.final_metrics(report.load_run(out, f"ft_crop_s{s}"))["AP"] for s in (0, 2)]
+    assert f"| {aps[0]:.1f}, {aps[1]:.1f} |" in crop
 
 
 def test_failed_run_is_reported_and_the_others_go_on(tmp_path):

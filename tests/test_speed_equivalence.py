@@ -169,7 +169,9 @@ def _dropout_outputs(fast: bool, draws: int = 40) -> torch.Tensor:
     from updetr_lite.config import get_config
     from updetr_lite.models import build_updetr
 
-    cfg = get_config("smoke", [f"model.fast_path={fast}", "model.dropout=0.1"])
+    cfg = get_config(
+        "smoke", [f"model.fast_path={fast}", "model.dropout=0.1", "pretext.patch_feature=roi"]
+    )
     torch.manual_seed(0)
     model = build_updetr(cfg).train()
     assert is_enabled(model)["fast_dropout"] == fast

@@ -10,8 +10,9 @@ from updetr_lite.models.transformer import EncoderLayer
 
 
 def test_layer_scale_off_adds_no_parameter():
-    cfg = get_config("smoke")
+    cfg = get_config("smoke", ["model.enc_layer_scale=0.0"])
     assert cfg.model.enc_layer_scale == 0.0 and cfg.finetune.warmup_steps == 0
+    assert get_config("paper").model.enc_layer_scale == 0.0  # the paper's transformer
     keys = set(build_transformer(cfg).state_dict())
     assert not any("gamma" in k for k in keys)
     on = set(build_transformer(get_config("smoke", ["model.enc_layer_scale=0.1"])).state_dict())

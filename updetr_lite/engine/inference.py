@@ -63,7 +63,7 @@ class InferenceError(ValueError):
 def config_from_state(state: dict, base: Config) -> Config:
     """``base`` with the model settings that the tensor shapes of a DETR / UP-DETR state dict
     (kit key names) fix: CNN, width, N, layer counts, FFN width, pre-/post-norm, classes.
-    Not in the shapes: nheads and M (kept from ``base``; M falls back to 1 if it does not
+    LayerScale on the encoder blocks from its gains' presence. Not in the shapes: nheads, M (kept from ``base``; M falls back to 1 if it does not
     divide N) and the patch feature (the authors' release: 'crop')."""
     prefix = "backbone.0.body."
     if "query_embed.weight" not in state or "class_embed.weight" not in state:
@@ -97,6 +97,10 @@ def config_from_state(state: dict, base: Config) -> Config:
         else base.model.dim_feedforward,
         # DETR keeps a final encoder norm only with pre-norm
         pre_norm="transformer.encoder.norm.weight" in state,
+        # LayerScale gains exist only when it is on (their starting value does not matter here)
+        enc_layer_scale=(base.model.enc_layer_scale or 0.1)
+        if "transformer.encoder.layers.0.gamma1" in state
+        else 0.0,
         num_queries=int(n),
     )
     kind = "pretext" if any(k.startswith("patch_proj.") for k in state) else "detection"
