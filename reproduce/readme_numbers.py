@@ -2,7 +2,8 @@
 
 ``python -m reproduce.readme_numbers`` prints the Markdown block made from
 ``reproduce/results/lite/table{1,3,4}.csv`` (per-seed AP / AP50 of every arm, and how many
-seed pairings put each arm above the table's first row) and the C4 / C5 lines of
+seed pairings put each arm above the table's first row, and its mean gap against twice
+the larger seed standard deviation) and the Figure 1, C4 and C5 lines of
 ``report.md``; ``--write`` puts it into README.md between the two marker comments,
 ``--check`` exits 1 when README.md holds a different block. ``tests/test_readme_numbers.py``
 runs the check, so a regenerated result set without a regenerated README fails the suite.
@@ -111,8 +112,12 @@ def render_table(
     return "\n".join(lines)
 
 
-def report_lines(path: Path, prefixes: tuple[str, ...] = ("- C4:", "- C5:")) -> list[str]:
-    """The Summary bullets of report.md that carry C4 and C5 (no CSV holds them)."""
+PREFIXES = ("- C1 (Figure 1):", "- C4 (Figure 6):", "- C5 (Figure 5):")
+
+
+def report_lines(path: Path, prefixes: tuple[str, ...] = PREFIXES) -> list[str]:
+    """The Summary bullets of report.md that carry Figure 1's point-by-point check, C4 and
+    C5 (no CSV holds them)."""
     if not path.exists():
         raise ReadmeNumbersError(f"{path}: missing (regenerate the lite results first)")
     found = [ln for ln in path.read_text().splitlines() if ln.startswith(prefixes)]
@@ -127,7 +132,8 @@ def render(results: Path = RESULTS) -> str:
     for table, (title, key, extra) in TABLES.items():
         rows = read_table(results / f"{table}.csv")
         parts.append(f"**{title}** (`{table}.csv`)\n\n{render_table(rows, key, extra)}")
-    parts.append("**C4, C5** (`report.md`)\n\n" + "\n".join(report_lines(results / "report.md")))
+    lines = "\n".join(report_lines(results / "report.md"))
+    parts.append(f"**Figure 1, C4, C5** (`report.md`)\n\n{lines}")
     return "\n\n".join(parts)
 
 
