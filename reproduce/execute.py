@@ -43,8 +43,8 @@ NOTEBOOK_DIR = Path(__file__).resolve().parent / "notebooks"
 KERNEL = "updetr-lite"
 NOTEBOOKS = {
     "lite_cnn": "lite_cnn.ipynb",
-    "pretrain": "pretrain.ipynb",
-    "finetune": "finetune.ipynb",
+    "pretrain": "train.ipynb",  # one notebook for both stages (its `stage` parameter)
+    "finetune": "train.ipynb",
     "localize": "localize.ipynb",
     "report": "report.ipynb",
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import statistics
 import sys
 from pathlib import Path
 
@@ -73,8 +74,6 @@ def pairings(a: list[float], b: list[float]) -> str:
 def margin(a: list[float], b: list[float]) -> str:
     """The gap of the means of a over b against twice the larger per-arm seed standard
     deviation (the issue's bar for a claim beyond seed noise)."""
-    import statistics
-
     if len(a) < 2 or len(b) < 2:
         return "fewer than 2 seeds: no margin"
     gap = statistics.mean(a) - statistics.mean(b)

@@ -103,6 +103,12 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     return module
 
 
+def cnn_bf16(setting: bool | None, device: torch.device | str) -> bool:
+    """Whether the frozen CNN runs in bf16: ``model.cnn_bf16`` (None: where the hardware has
+    it, `bf16_supported`)."""
+    return bf16_supported(device) if setting is None else setting
+
+
 class FrozenCNN(nn.Module):
     """Wrap a frozen CNN (any module mapping [B,3,H,W] to a feature map) for inference.
 
@@ -130,7 +136,7 @@ class FrozenCNN(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        use_bf16 = bf16_supported(x.device) if self.bf16 is None else self.bf16
+        use_bf16 = cnn_bf16(self.bf16, x.device)
         cnn = self.cnn
         if use_bf16:
             if x.device not in self._bf16_cnn:

@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     rec = {"name": args.name, "overrides": args.overrides, "seed": args.seed}
     # the frozen CNN's precision as the runs resolve it (model.cnn_bf16; None: the hardware's)
     want = get_config("lite", args.overrides).model.cnn_bf16
-    rec["bf16"] = not args.no_bf16 and (fastpath.bf16_supported("cpu") if want is None else want)
+    rec["bf16"] = not args.no_bf16 and fastpath.cnn_bf16(want, "cpu")
     init = None
     if args.init:
         init = PROBES / args.init / "pre" / "last.pth"

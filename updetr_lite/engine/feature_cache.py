@@ -303,9 +303,7 @@ def cached_sets(cfg, stage, model, device, train_set, val_set, progress, skips) 
     Appends (what, skip report) of each cache to ``skips``."""
     extractor = FeatureExtractor(model.backbone, device)
     # the maps' precision: a bf16 cache must not stand in for an fp32 run, nor the reverse
-    bf16 = cfg.model.fast_path and (
-        fastpath.bf16_supported(device) if cfg.model.cnn_bf16 is None else cfg.model.cnn_bf16
-    )
+    bf16 = cfg.model.fast_path and fastpath.cnn_bf16(cfg.model.cnn_bf16, device)
     ident = (extractor.weights_hash, cfg.model.backbone, cfg.model.backbone_layer, bf16)
     ident += (data_identity(cfg.data),)
     if stage == "finetune":

@@ -15,12 +15,14 @@
 # ---
 
 # %% [markdown]
-# # UP-DETR pre-training: random query patch detection
+# # One training run: UP-DETR pre-training or DETR fine-tuning
 #
-# One pre-training run of the reproduction. The trainer runs as a subprocess (`python -m
-# updetr_lite pretrain`, or `torchrun` with GPUs / nodes) and its output streams below; the
-# run folder receives `config.json`, `log.jsonl`, `last.pth`, `best.pth` and `train.out`
-# (the full console output).
+# One run of the reproduction: `stage` is 'pretrain' (random query patch detection) or
+# 'finetune' (detection; `init` is the pre-training checkpoint, empty for the DETR baseline
+# with transformers from scratch and the same frozen CNN). The trainer runs as a subprocess
+# (`python -m updetr_lite STAGE`, or `torchrun` with GPUs / nodes) and its output streams
+# below; the run folder receives `config.json`, `log.jsonl` (fine-tuning: a COCO-style
+# evaluation per epoch), `last.pth`, `best.pth` and `train.out` (the full console output).
 
 # %% tags=["parameters"]
 # Parameters (papermill replaces this cell; the defaults run a toy example by hand)
@@ -32,7 +34,7 @@ preset = "smoke"
 overrides = []
 seed = 0
 threads = 1
-stage = "pretrain"
+stage = "finetune"
 init = ""
 resume = False
 gpus = 0
@@ -80,3 +82,10 @@ if has_log:
 # the weighted loss terms of the last decoder layer: where the learning happens
 if has_log:
     fig = report.plot_loss_terms(run_dir, run_dir / "loss_terms.png")
+
+# %%
+ev = report.eval_records(report.read_jsonl(run_dir / "log.jsonl")) if has_log else []
+if ev:
+    last = ev[-1]
+    shown = ", ".join(f"{k} {last[k]:.1f}" for k in ("AP", "AP50", "AP75") if k in last)
+    print(f"last evaluation (step {last['step']}): {shown}")
