@@ -41,6 +41,7 @@ from .records import (
 
 NOTEBOOK_DIR = Path(__file__).resolve().parent / "notebooks"
 KERNEL = "updetr-lite"
+KERNEL_RACE = "Kernel didn't respond in"  # papermill's words when the kernel never started
 NOTEBOOKS = {
     "lite_cnn": "lite_cnn.ipynb",
     "pretrain": "train.ipynb",  # one notebook for both stages (its `stage` parameter)
@@ -119,14 +120,19 @@ def execute_run(
     ]
     t0 = time.monotonic()
     env = child_env(launch.threads)
-    with open(pm_log, "w") as log:
-        try:
-            rc = subprocess.run(
-                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout
-            ).returncode
-        except subprocess.TimeoutExpired:
-            rc = -1
-            log.write(f"\n[reproduce] timed out after {timeout} s\n")
+    for attempt in (1, 2):
+        with open(pm_log, "w") as log:
+            try:
+                rc = subprocess.run(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout
+                ).returncode
+            except subprocess.TimeoutExpired:
+                rc = -1
+                log.write(f"\n[reproduce] timed out after {timeout} s\n")
+        # two kernels started at once can race for a ZMQ port (jupyter_client picks free
+        # ports, then binds them): the notebook never ran, so start it once more
+        if rc == 0 or attempt == 2 or KERNEL_RACE not in pm_log.read_text(errors="replace"):
+            break
     seconds = time.monotonic() - t0
     train_log = run_dir / f"train{suffix}.out"
     shown = train_log if train_log.exists() else pm_log

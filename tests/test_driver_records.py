@@ -269,3 +269,36 @@ def test_run_py_runs_as_a_file_too():
     ]
     assert [o.returncode for o in out] == [0, 0], out[0].stderr + out[1].stderr
     assert out[0].stdout == out[1].stdout and "pre_nomask_s1" in out[0].stdout
+
+
+def test_a_kernel_that_never_started_is_started_once_more(tmp_path, monkeypatch):
+    """jupyter_client can lose a ZMQ port race when two kernels start at once; the notebook
+    never ran, so the driver starts it again (once); any other failure is not retried."""
+    import subprocess
+
+    from reproduce import execute
+    from reproduce.launch import Launch
+
+    calls = []
+
+    def fake_run(cmd, stdout, **kw):
+        calls.append(cmd)
+        if len(calls) == 1:
+            stdout.write(f"RuntimeError: {execute.KERNEL_RACE} 60 seconds\n")
+            return subprocess.CompletedProcess(cmd, 1)
+        return subprocess.CompletedProcess(cmd, 0)
+
+    monkeypatch.setattr(execute.subprocess, "run", fake_run)
+    p = plan("smoke")
+    r = execute.execute_run(p, "report", tmp_path, [], Launch(threads=1), None)
+    assert r.status == "done" and len(calls) == 2
+    calls.clear()
+    monkeypatch.setattr(
+        execute.subprocess,
+        "run",
+        lambda cmd, stdout, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 1),
+    )
+    assert (
+        execute.execute_run(p, "report", tmp_path, [], Launch(threads=1), None).status == "failed"
+    )
+    assert len(calls) == 1
