@@ -191,7 +191,7 @@ fig.tight_layout()
 # %%
 from updetr_lite.models.criterion import SetCriterion
 from updetr_lite.models.matcher import HungarianMatcher
-from updetr_lite.notebook_checks import write_results
+from updetr_lite.tutorial.notebook_checks import write_results
 
 torch.manual_seed(SEED + 1)
 patches, boxes = random_patches(images, M)

@@ -39,12 +39,18 @@ NUM_SAMPLES = 400  # patch boxes drawn for the histograms
 
 # %%
 import random
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 
-from updetr_lite import demo, viz
-from updetr_lite import notebook_checks as nc
+from updetr_lite import viz
+from updetr_lite.tutorial import localize
+from updetr_lite.tutorial import notebook_checks as nc
+
+# the checkout: papermill runs a notebook in notebooks/, JupyterLab (scripts/lab.sh) in
+# notebooks/work/; its runs/ and .cache/ are found from there
+ROOT = next((p for p in Path.cwd().parents if (p / "notebooks").is_dir()), Path.cwd().parent)
 
 torch.manual_seed(SEED)
 random.seed(SEED)
@@ -52,7 +58,7 @@ PRESET = "smoke" if SMOKE else "lite"
 results = {}
 
 # %%
-cfg = nc.notebook_config(PRESET)
+cfg = nc.notebook_config(PRESET, cache_dir=ROOT / ".cache" / "updetr_lite")
 M, p, min_patch = cfg.pretext.num_patches, cfg.pretext.patch_size, cfg.pretext.min_patch
 print(f"M = {M} query patches per image, resized to {p}x{p}; sides >= {min_patch} px")
 print("(the paper: M = 10, 128x128, sides in [8, side - 8] px)")
@@ -70,7 +76,7 @@ from updetr_lite.data.pretext import collate_pretext
 from updetr_lite.data.query_patches import sample_patch_boxes
 
 dataset = build_pretext_dataset(cfg)  # the embedded unlabeled images
-photos = demo.demo_photos()
+photos = localize.demo_photos()
 name, photo = next(iter(photos.items()))
 h, w = photo.shape[:2]
 generator = torch.Generator().manual_seed(SEED)
@@ -95,7 +101,7 @@ plt.show()
 # row: what the dataset gave the model.
 
 # %%
-clean = demo.query_patches(photo, boxes_px, p, augment=False)
+clean = localize.query_patches(photo, boxes_px, p, augment=False)
 viz.patch_gallery(
     torch.cat([clean, patches]),
     [f"patch {i}" for i in range(M)] + [f"augmented {i}" for i in range(M)],

@@ -38,13 +38,19 @@ SEED = 0
 
 # %%
 import random
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from updetr_lite import demo, viz
-from updetr_lite import notebook_checks as nc
+from updetr_lite import viz
+from updetr_lite.tutorial import localize
+from updetr_lite.tutorial import notebook_checks as nc
+
+# the checkout: papermill runs a notebook in notebooks/, JupyterLab (scripts/lab.sh) in
+# notebooks/work/; its runs/ and .cache/ are found from there
+ROOT = next((p for p in Path.cwd().parents if (p / "notebooks").is_dir()), Path.cwd().parent)
 
 torch.manual_seed(SEED)
 random.seed(SEED)
@@ -57,7 +63,9 @@ from updetr_lite.models import build_updetr, group_attention_mask
 
 # at least two decoder layers: the first layer's self-attention mixes only the all-zero
 # decoder input, so groups could not influence each other there even without the mask
-cfg = nc.notebook_config(PRESET, ["model.dec_layers=2"] if SMOKE else [])
+cfg = nc.notebook_config(
+    PRESET, ["model.dec_layers=2"] if SMOKE else [], cache_dir=ROOT / ".cache" / "updetr_lite"
+)
 N, M = cfg.model.num_queries, cfg.pretext.num_patches
 n = N // M
 print(f"N = {N} object queries, M = {M} query patches -> {n} object queries per group")
@@ -86,8 +94,10 @@ plt.show()
 
 # %%
 model = build_updetr(cfg).eval()
-photo = next(iter(demo.demo_photos().values()))
-images, mask = demo.prepare_image(photo, max(cfg.data.pretext_scales), cfg.data.pretext_max_size)
+photo = next(iter(localize.demo_photos().values()))
+images, mask = localize.prepare_image(
+    photo, max(cfg.data.pretext_scales), cfg.data.pretext_max_size
+)
 with torch.no_grad():
     features, fmask = model.backbone(images, mask)
 patch_boxes = sample_boxes(

@@ -40,12 +40,18 @@ CHECKPOINT = ""  # a pretext checkpoint file; empty: runs/main's, else the shipp
 
 # %%
 import random
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import torch
 
-from updetr_lite import demo, viz
-from updetr_lite import notebook_checks as nc
+from updetr_lite import viz
+from updetr_lite.tutorial import checkpoints, localize
+from updetr_lite.tutorial import notebook_checks as nc
+
+# the checkout: papermill runs a notebook in notebooks/, JupyterLab (scripts/lab.sh) in
+# notebooks/work/; its runs/ and .cache/ are found from there
+ROOT = next((p for p in Path.cwd().parents if (p / "notebooks").is_dir()), Path.cwd().parent)
 
 torch.manual_seed(SEED)
 random.seed(SEED)
@@ -56,13 +62,16 @@ results = {}
 from updetr_lite.data.query_patches import sample_boxes
 from updetr_lite.models import HungarianMatcher, build_criterion
 
-checkpoint = demo.ensure_lite_checkpoint(CHECKPOINT or None)
-print(demo.checkpoint_note(checkpoint))
-model, cfg = demo.load_demo_model(checkpoint)
+main_run = ROOT / "runs" / "main" / "pre_crop_s0" / "last.pth"  # the lite pre-training of run.sh
+checkpoint = checkpoints.ensure_lite_checkpoint(CHECKPOINT or None, main_run=main_run)
+print(checkpoints.checkpoint_note(checkpoint, main_run))
+model, cfg = checkpoints.load_demo_model(checkpoint)
 N, M = model.num_queries, model.num_patches
-photo = next(iter(demo.demo_photos(SMOKE).values()))
+photo = next(iter(localize.demo_photos(SMOKE).values()))
 h, w = photo.shape[:2]
-images, mask = demo.prepare_image(photo, max(cfg.data.pretext_scales), cfg.data.pretext_max_size)
+images, mask = localize.prepare_image(
+    photo, max(cfg.data.pretext_scales), cfg.data.pretext_max_size
+)
 generator = torch.Generator().manual_seed(SEED)
 patch_boxes = sample_boxes(h, w, M, cfg.pretext.min_patch, generator)[None]
 with torch.no_grad():

@@ -47,8 +47,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from updetr_lite import demo, viz
-from updetr_lite import notebook_checks as nc
+from updetr_lite import viz
+from updetr_lite.tutorial import checkpoints, localize, widget
+from updetr_lite.tutorial import notebook_checks as nc
+
+# the checkout: papermill runs a notebook in notebooks/, JupyterLab (scripts/lab.sh) in
+# notebooks/work/; its runs/ and .cache/ are found from there
+ROOT = next((p for p in Path.cwd().parents if (p / "notebooks").is_dir()), Path.cwd().parent)
 
 torch.manual_seed(SEED)
 random.seed(SEED)
@@ -61,9 +66,9 @@ import shutil
 from updetr_lite.engine.train import train
 
 steps = 30 if SMOKE else STEPS
-run_root = Path(RUN_DIR) if RUN_DIR else nc.project_root() / "runs" / "notebooks" / "04_pretraining"
+run_root = Path(RUN_DIR) if RUN_DIR else ROOT / "runs" / "notebooks" / "04_pretraining"
 names = {True: "pre_crop_s0", False: "pre_nomask_s0"}  # with and without the mask
-main_dirs = nc.main_job_runs(names, USE_MAIN_RUNS and not SMOKE)
+main_dirs = nc.main_job_runs(names, ROOT / "runs" / "main", USE_MAIN_RUNS and not SMOKE)
 from_main = main_dirs is not None
 run_dirs = main_dirs if from_main else {
     flag: run_root / ("with_mask" if flag else "without_mask") for flag in (True, False)
@@ -82,6 +87,7 @@ for flag in (True, False) if not from_main else ():
             # the mask acts from the second decoder layer on (notebook 2): smoke needs two
             *(["model.dec_layers=2"] if SMOKE else []),
         ],
+        cache_dir=ROOT / ".cache" / "updetr_lite",
     )
     train(cfg, "pretrain", out)
     print("with mask" if flag else "without mask", "->", out)
@@ -138,16 +144,16 @@ results["max_loss_difference"] = max(abs(a - b) for a, b in zip(with_mask, witho
 from updetr_lite.data.embedded import build_embedded
 from updetr_lite.data.query_patches import sample_boxes
 
-model, cfg = demo.load_demo_model(run_dirs[True] / "last.pth")
+model, cfg = checkpoints.load_demo_model(run_dirs[True] / "last.pth")
 unlabeled = sorted(f for f in Path(build_embedded(cfg.data).unlabeled).rglob("*") if f.is_file())
-image = demo.read_image(unlabeled[0])
+image = localize.read_image(unlabeled[0])
 h, w = image.shape[:2]
 k = min(3, model.num_patches)
 query = viz.cxcywh_to_pixel_xyxy(
     sample_boxes(h, w, k, cfg.pretext.min_patch, torch.Generator().manual_seed(SEED)), (h, w)
 )
-state = demo.DemoState(model, cfg, image, query.round().tolist())
-demo.static_demo_figure(state)
+state = widget.DemoState(model, cfg, image, query.round().tolist())
+widget.static_demo_figure(state)
 plt.show()
 print(state.summary())
 results["mean_iou_after_training"] = float(state.result["iou"].mean())

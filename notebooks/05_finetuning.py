@@ -51,8 +51,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import torch
 
-from updetr_lite import demo, viz
-from updetr_lite import notebook_checks as nc
+from updetr_lite import viz
+from updetr_lite.tutorial import localize
+from updetr_lite.tutorial import notebook_checks as nc
+
+# the checkout: papermill runs a notebook in notebooks/, JupyterLab (scripts/lab.sh) in
+# notebooks/work/; its runs/ and .cache/ are found from there
+ROOT = next((p for p in Path.cwd().parents if (p / "notebooks").is_dir()), Path.cwd().parent)
 
 torch.manual_seed(SEED)
 random.seed(SEED)
@@ -65,9 +70,9 @@ import shutil
 from updetr_lite.engine.train import train
 
 pre_steps, ft_steps = (20, 16) if SMOKE else (PRETRAIN_STEPS, FINETUNE_STEPS)
-run_root = Path(RUN_DIR) if RUN_DIR else nc.project_root() / "runs" / "notebooks" / "05_finetuning"
+run_root = Path(RUN_DIR) if RUN_DIR else ROOT / "runs" / "notebooks" / "05_finetuning"
 names = {"pretrain": "pre_crop_s0", "updetr": "ft_crop_s0", "scratch": "ft_scratch_s0"}
-main_dirs = nc.main_job_runs(names, USE_MAIN_RUNS and not SMOKE)
+main_dirs = nc.main_job_runs(names, ROOT / "runs" / "main", USE_MAIN_RUNS and not SMOKE)
 from_main = main_dirs is not None
 arm_dirs = main_dirs if from_main else {k: run_root / k for k in names}
 results["from_main_runs"] = from_main
@@ -78,7 +83,9 @@ common = [
     "finetune.epochs=100000",
 ]
 cfg = nc.notebook_config(
-    PRESET, common + [f"pretrain.max_steps={pre_steps}", f"finetune.max_steps={ft_steps}"]
+    PRESET,
+    common + [f"pretrain.max_steps={pre_steps}", f"finetune.max_steps={ft_steps}"],
+    cache_dir=ROOT / ".cache" / "updetr_lite",
 )
 if from_main:
     print("the main job's runs (nothing trained here):", *arm_dirs.values(), sep="\n  ")
@@ -138,7 +145,11 @@ for row, (arm, (m, mcfg)) in enumerate(models.items()):
         det = predict_image(m, mcfg, str(f), threshold=0.3)
         labels = [f"{int(c)}: {float(s):.2f}" for c, s in zip(det["labels"], det["scores"])]
         viz.show_image(
-            demo.read_image(f), det["boxes"], labels, ax=axes[row, col], title=f"{arm}: {f.name}"
+            localize.read_image(f),
+            det["boxes"],
+            labels,
+            ax=axes[row, col],
+            title=f"{arm}: {f.name}",
         )
 plt.tight_layout()
 plt.show()
@@ -152,8 +163,8 @@ plt.show()
 
 # %%
 model, mcfg = models["updetr"]
-image = demo.read_image(val_files[0])
-images, mask = demo.prepare_image(image, mcfg.data.test_size, mcfg.data.max_size)
+image = localize.read_image(val_files[0])
+images, mask = localize.prepare_image(image, mcfg.data.test_size, mcfg.data.max_size)
 with torch.no_grad(), viz.capture_cross_attention(model) as attention:
     features, fmask = model.backbone(images, mask)
     out = model.forward_features(features, fmask)

@@ -28,8 +28,8 @@
 #
 # **Checkpoint.** The lite pre-training of the main job (`bash run.sh` writes
 # `runs/main/pre_crop_s0/last.pth`) when it exists; otherwise the small lite checkpoint that
-# ships with the kit (`updetr_lite/data/demo_checkpoint/lite_demo.pth`, 7.5 MB, written by
-# `python -m updetr_lite.demo --make-checkpoint`; `lite_demo.json` beside it records its
+# ships with the kit (`updetr_lite/tutorial/demo_checkpoint/lite_demo.pth`, 7.5 MB, written by
+# `python -m updetr_lite.tutorial.checkpoints --make-checkpoint`; `lite_demo.json` beside it records its
 # settings, training time and IoU). That one was trained on the 10 demo photos only: it finds
 # patches of those, and knows little of other photos. `TRAIN_FRESH = True` trains a new one on
 # the demo photos instead (2500 steps with a progress bar; about 4 min of one CPU core: the shipped one took 235 s of CPU time, 20 min of wall time on
@@ -51,19 +51,26 @@ NUM_PATCHES = 2  # query patches with sliders
 
 # %%
 import json
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from updetr_lite import demo
-from updetr_lite import notebook_checks as nc
+from updetr_lite.tutorial import checkpoints, localize, widget
+from updetr_lite.tutorial import notebook_checks as nc
 
-checkpoint = demo.ensure_lite_checkpoint(
+# the checkout: papermill runs a notebook in notebooks/, JupyterLab (scripts/lab.sh) in
+# notebooks/work/; its runs/ and .cache/ are found from there
+ROOT = next((p for p in Path.cwd().parents if (p / "notebooks").is_dir()), Path.cwd().parent)
+main_run = ROOT / "runs" / "main" / "pre_crop_s0" / "last.pth"  # the lite pre-training of run.sh
+checkpoint = checkpoints.ensure_lite_checkpoint(
     CHECKPOINT or None,
     smoke=SMOKE,
     authors_checkpoint=AUTHORS_CHECKPOINT or None,
     train=TRAIN_FRESH,
+    main_run=main_run,
+    cache_dir=ROOT / ".cache" / "updetr_lite" / "demo",
 )
-photos = demo.demo_photos()
+photos = localize.demo_photos()
 print("images:", ", ".join(photos))
 
 # %% [markdown]
@@ -75,7 +82,9 @@ print("images:", ", ".join(photos))
 # photo from the list switches back.
 
 # %%
-state = demo.open_demo(checkpoint, photos, interactive=INTERACTIVE, num_patches=NUM_PATCHES)
+state = widget.open_demo(
+    checkpoint, photos, interactive=INTERACTIVE, num_patches=NUM_PATCHES, main_run=main_run
+)
 plt.show()
 
 # %% [markdown]
@@ -92,28 +101,28 @@ plt.show()
 # %%
 results = {}
 model, cfg = state.model, state.cfg
-check_photos = demo.demo_photos(SMOKE)
+check_photos = localize.demo_photos(SMOKE)
 first_photo = next(iter(check_photos.values()))
 h, w = first_photo.shape[:2]
 fixed_box = [0.3 * w, 0.3 * h, 0.6 * w, 0.6 * h]
-results["iou_fixed_patch"] = demo.training_image_patch_check(model, cfg, first_photo, fixed_box)
-results["iou_fixed_patch_augmented"] = demo.training_image_patch_check(
+results["iou_fixed_patch"] = localize.training_image_patch_check(model, cfg, first_photo, fixed_box)
+results["iou_fixed_patch_augmented"] = localize.training_image_patch_check(
     model, cfg, first_photo, fixed_box, augment=True
 )
-ious = demo.training_patches_check(model, cfg, check_photos, per_image=4)
+ious = localize.training_patches_check(model, cfg, check_photos, per_image=4)
 results["iou_training_patches"] = ious
 results["iou_training_patches_mean"] = sum(ious) / len(ious)
 print(f"mean IoU over {len(ious)} patches: {results['iou_training_patches_mean']:.3f}")
 results["smoke"] = bool(SMOKE)
 results["authors_checkpoint"] = bool(AUTHORS_CHECKPOINT)
-results["shipped_checkpoint"] = checkpoint == demo.SHIPPED_CHECKPOINT
+results["shipped_checkpoint"] = checkpoint == checkpoints.SHIPPED_CHECKPOINT
 results["shown_boxes"] = len(state.result["boxes"])
-check = demo.DemoState(model, cfg, first_photo, [fixed_box])
-demo.static_demo_figure(check)
+check = widget.DemoState(model, cfg, first_photo, [fixed_box])
+widget.static_demo_figure(check)
 plt.show()
 print(check.summary())
 if results["shipped_checkpoint"]:  # the same patches as its record, the same IoU
-    recorded = json.loads(demo.SHIPPED_RECORD.read_text())["test_ious"][: len(ious)]
+    recorded = json.loads(checkpoints.SHIPPED_RECORD.read_text())["test_ious"][: len(ious)]
     results["recorded_ious"] = recorded
     worst = max(abs(a - b) for a, b in zip(ious, recorded))
     assert worst < 0.02, f"IoU differs from lite_demo.json by {worst:.3f}"

@@ -73,7 +73,7 @@ def notebook_parameters(
             stage=run.kind,
             init=str(out / run.init / "last.pth") if run.init else "",
             # several processes: rank 0's choice counts (nodes without a shared folder
-            # receive its checkpoint, cli._join_job)
+            # receive its checkpoint, cli/train.py: _join_job)
             resume=(run_dir / "last.pth").exists(),
             gpus=launch.gpus,
             nodes=launch.nodes,

@@ -9,10 +9,10 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from updetr_lite import notebooks as nbrun
-from updetr_lite.notebook_checks import project_root, read_results
+from updetr_lite.tutorial import notebooks as nbrun
+from updetr_lite.tutorial.notebook_checks import read_results
 
-ROOT = project_root()
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
 NB_DIR = ROOT / "notebooks"
 
 
@@ -41,7 +41,7 @@ def shared(tmp_path_factory):
 def _run(name: str, shared: Path, **params) -> dict:
     out = shared / name
     executed = nbrun.execute_notebook(
-        name, out, {"SMOKE": True, **params}, env_dir=shared / "env", timeout=600
+        NB_DIR, name, out, {"SMOKE": True, **params}, env_dir=shared / "env", timeout=600
     )
     _no_warnings_or_errors(executed)
     return read_results(out / "results", name)
@@ -164,7 +164,7 @@ def test_05_finetuning_arms_are_evaluated(shared):
 def test_06_demo_localizes_with_the_shipped_checkpoint(shared):
     import json
 
-    from updetr_lite import demo
+    from updetr_lite.tutorial import checkpoints
 
     r = _run("06_patch_localization_demo", shared, INTERACTIVE=False)
     assert r["smoke"] and not r["authors_checkpoint"] and r["shipped_checkpoint"]
@@ -172,7 +172,7 @@ def test_06_demo_localizes_with_the_shipped_checkpoint(shared):
     for key in ("iou_fixed_patch", "iou_fixed_patch_augmented"):
         assert 0 <= r[key] <= 1, r
     # smoke: the first photo's 4 seeded patches, the first 4 of the checkpoint's record
-    record = json.loads(demo.SHIPPED_RECORD.read_text())
+    record = json.loads(checkpoints.SHIPPED_RECORD.read_text())
     assert len(r["iou_training_patches"]) == 4
     assert r["iou_training_patches"] == pytest.approx(record["test_ious"][:4], abs=0.02)
 
@@ -186,7 +186,8 @@ def test_cli_renders_executed_notebooks_as_html(shared, tmp_path, monkeypatch, c
     # a relative --out is relative to where the command runs, not to notebooks/ (the
     # kernel's working folder): the results must land there too
     monkeypatch.chdir(tmp_path)
-    assert main(["notebooks", "--smoke", "--only", "02", "--out", "out"]) == 0
+    args = ["notebooks", "--smoke", "--only", "02", "--out", "out", "--notebooks", str(NB_DIR)]
+    assert main(args) == 0
     out = tmp_path / "out"
     html = (out / "html" / "02_multi_query_patches.html").read_text()
     # the inline backend (not Agg) puts the figures into the page

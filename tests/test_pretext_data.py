@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 from torchvision.ops import box_convert
 
-from updetr_lite import demo
 from updetr_lite.config import get_config
 from updetr_lite.data.images import IMAGENET_MEAN, IMAGENET_STD
 from updetr_lite.data.pretext import NoImagesError, PretextDataset, collate_pretext
 from updetr_lite.data.query_patches import sample_patch_boxes
 from updetr_lite.engine.inference import localize_patches
 from updetr_lite.models import build_updetr
+from updetr_lite.tutorial import localize
 
 MEAN = np.array(IMAGENET_MEAN, dtype=np.float32)
 STD = np.array(IMAGENET_STD, dtype=np.float32)
@@ -97,7 +97,7 @@ def test_patch_box_sampling_rule():
 def test_inference_and_demo_augment_patches_exactly_as_training(tmp_path, monkeypatch):
     """The same seed gives bit-equal augmented patches in training (the pretext dataset), in
     ``engine.inference.localize_patches`` (what a 'crop' model's CNN receives) and in
-    ``demo.query_patches``: one augmentation, one crop, one normalisation."""
+    ``localize.query_patches``: one augmentation, one crop, one normalisation."""
     h, w = 90, 130
     arr = _structured(h, w, seed=2)
     Image.fromarray(arr).save(tmp_path / "img.png")
@@ -114,10 +114,10 @@ def test_inference_and_demo_augment_patches_exactly_as_training(tmp_path, monkey
         boxes = sample_patch_boxes(h, w, 4, 8, torch.Generator().manual_seed(seed))
         torch.manual_seed(seed)
         _, _, trained = ds.make_sample(img, generator=g)
-        plain = demo.query_patches(arr, boxes, 32, augment=False)
+        plain = localize.query_patches(arr, boxes, 32, augment=False)
         assert not torch.equal(trained, plain)  # the augmentation did something
         torch.manual_seed(seed)
-        assert torch.equal(demo.query_patches(arr, boxes, 32, augment=True), trained)
+        assert torch.equal(localize.query_patches(arr, boxes, 32, augment=True), trained)
         localize_patches(model, cfg, arr, boxes=boxes, augment=True, seed=seed)
         assert torch.equal(seen[-1], trained)
 

@@ -1,6 +1,6 @@
-"""The lite demo checkpoint that ships with the kit (updetr_lite/data/demo_checkpoint/):
+"""The lite demo checkpoint that ships with the kit (updetr_lite/tutorial/demo_checkpoint/):
 small, stored as fp16, loads into the fp32 model exactly as saved, and finds the patches of
-its record (``python -m updetr_lite.demo --make-checkpoint`` wrote both)."""
+its record (``python -m updetr_lite.tutorial.checkpoints --make-checkpoint`` wrote both)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from updetr_lite import demo
+from updetr_lite.tutorial import checkpoints, localize, training
 
 # what the notebooks promise of it: the mean IoU over its 40 test patches is above this
 STATED_MEAN_IOU = 0.5
@@ -19,23 +19,23 @@ STATED_MEAN_IOU = 0.5
 
 @pytest.fixture(scope="module")
 def record():
-    assert demo.SHIPPED_CHECKPOINT.is_file(), (
-        f"{demo.SHIPPED_CHECKPOINT} missing: run `python -m updetr_lite.demo --make-checkpoint`"
+    assert checkpoints.SHIPPED_CHECKPOINT.is_file(), (
+        f"{checkpoints.SHIPPED_CHECKPOINT} missing: run `python -m updetr_lite.tutorial.checkpoints --make-checkpoint`"
     )
-    return json.loads(demo.SHIPPED_RECORD.read_text())
+    return json.loads(checkpoints.SHIPPED_RECORD.read_text())
 
 
 def test_file_is_small_fp16_and_the_one_recorded(record):
-    raw = demo.SHIPPED_CHECKPOINT.read_bytes()
+    raw = checkpoints.SHIPPED_CHECKPOINT.read_bytes()
     assert len(raw) == record["file_bytes"] < 10e6
     assert hashlib.sha256(raw).hexdigest() == record["sha256"]
-    ckpt = torch.load(demo.SHIPPED_CHECKPOINT, map_location="cpu", weights_only=False)
+    ckpt = torch.load(checkpoints.SHIPPED_CHECKPOINT, map_location="cpu", weights_only=False)
     floats = [v for v in ckpt["model"].values() if v.is_floating_point()]
     assert floats and all(v.dtype == torch.float16 for v in floats)
-    assert record["settings"]["steps"] == ckpt["step"] == demo.STEPS_FULL
+    assert record["settings"]["steps"] == ckpt["step"] == training.STEPS_FULL
     assert record["torch_threads"] == 1
     # the fp32 model holds exactly the stored fp16 values
-    model, _ = demo.load_demo_model(demo.SHIPPED_CHECKPOINT)
+    model, _ = checkpoints.load_demo_model(checkpoints.SHIPPED_CHECKPOINT)
     state = model.state_dict()
     for k, v in ckpt["model"].items():
         assert state[k].dtype == (torch.float32 if v.is_floating_point() else v.dtype), k
@@ -43,8 +43,8 @@ def test_file_is_small_fp16_and_the_one_recorded(record):
 
 
 def test_it_localizes_its_test_patches(record):
-    model, cfg = demo.load_demo_model(demo.SHIPPED_CHECKPOINT)
-    ious = demo.training_patches_check(model, cfg, demo.demo_photos(), per_image=4)
+    model, cfg = checkpoints.load_demo_model(checkpoints.SHIPPED_CHECKPOINT)
+    ious = localize.training_patches_check(model, cfg, localize.demo_photos(), per_image=4)
     assert len(ious) == len(record["test_ious"]) == 40
     assert ious == pytest.approx(record["test_ious"], abs=0.02)
     assert np.mean(ious) == pytest.approx(record["test_iou_mean"], abs=0.01)

@@ -1,11 +1,12 @@
-"""viz.py (pictures), notebook_checks.py (what the notebooks measure) and demo.py (the patch
-localization demo), each checked against an independent computation."""
+"""viz.py (pictures), tutorial/notebook_checks.py (what the notebooks measure) and the rest of
+tutorial/ (the patch localization demo), each checked against an independent computation."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import os
+from pathlib import Path
 
 import matplotlib
 
@@ -16,10 +17,19 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from updetr_lite import demo, notebook_checks, viz  # noqa: E402
+from updetr_lite import viz  # noqa: E402
 from updetr_lite.data.images import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from updetr_lite.data.query_patches import sample_boxes, sample_patch_boxes  # noqa: E402
 from updetr_lite.models import HungarianMatcher, build_updetr, group_attention_mask  # noqa: E402
+from updetr_lite.tutorial import (  # noqa: E402
+    checkpoints,
+    localize,
+    notebook_checks,
+    training,
+    widget,
+)
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout
 
 MEAN = torch.tensor(IMAGENET_MEAN)[:, None, None]
 STD = torch.tensor(IMAGENET_STD)[:, None, None]
@@ -38,7 +48,7 @@ def _image(h=48, w=64, seed=0):
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    cfg = demo.demo_config(smoke=True)
+    cfg = training.demo_config(smoke=True)
     model = build_updetr(cfg).eval()
     return model, cfg
 
@@ -210,7 +220,7 @@ def test_per_group_assignment_stays_in_its_group_and_costs_no_less():
 def test_group_influence_is_zero_across_masked_groups_only():
     # two decoder layers: in the first, self-attention only mixes the all-zero decoder input,
     # so groups can influence each other from the second layer on
-    cfg = demo.demo_config(smoke=True).override(["model.dec_layers=2"])
+    cfg = training.demo_config(smoke=True).override(["model.dec_layers=2"])
     torch.manual_seed(3)
     model = build_updetr(cfg).eval()
     features, mask = torch.randn(1, 256, 4, 4), torch.zeros(1, 4, 4, dtype=torch.bool)
@@ -259,25 +269,25 @@ def test_as_uint8_image_grey_bool_float_rgba_and_bad_shape():
 
 
 def test_prepare_image_follows_the_resize_rule():
-    images, mask = demo.prepare_image(_image(50, 100), 64, 100)
+    images, mask = localize.prepare_image(_image(50, 100), 64, 100)
     # shortest side 64 would make the longest 128 > 100: the longest side wins
     assert images.shape == (1, 3, 50, 100) and mask.shape == (1, 50, 100) and not mask.any()
-    images, _ = demo.prepare_image(_image(50, 100), 40, 200)
+    images, _ = localize.prepare_image(_image(50, 100), 40, 200)
     assert images.shape == (1, 3, 40, 80)
 
 
 def test_query_patches_crop_the_box_and_boxes_are_checked():
     img = np.zeros((40, 60, 3), np.uint8)
     img[10:20, 30:50] = 255  # a white 20x10 block, exactly the box below
-    p = demo.query_patches(img, [[30, 10, 50, 20]], patch_size=8)
+    p = localize.query_patches(img, [[30, 10, 50, 20]], patch_size=8)
     assert p.shape == (1, 3, 8, 8)
     torch.testing.assert_close(
         viz.to_display(p[0]), np.ones((8, 8, 3), np.float32), atol=1e-5, rtol=0
     )
     with pytest.raises(ValueError, match="not inside"):
-        demo.check_boxes([[0, 0, 70, 10]], (40, 60))
-    with pytest.raises(demo.DemoError, match="no query patch"):
-        demo.check_boxes(torch.zeros(0, 4), (40, 60))
+        localize.check_boxes([[0, 0, 70, 10]], (40, 60))
+    with pytest.raises(localize.DemoError, match="no query patch"):
+        localize.check_boxes(torch.zeros(0, 4), (40, 60))
 
 
 def test_sample_boxes_are_the_pixel_boxes_normalised_and_follow_the_authors_rule():
@@ -311,26 +321,26 @@ def test_localize_returns_pixel_boxes_and_their_iou(tiny):
     model, cfg = tiny
     img = _image(60, 80)
     q = [[10, 10, 40, 30], [40, 20, 70, 50]]
-    r = demo.localize_patches_in_image(model, cfg, img, q)
+    r = localize.localize_patches_in_image(model, cfg, img, q)
     assert r["boxes"].shape == (2, 4) and r["scores"].shape == (2,)
     assert ((r["scores"] > 0) & (r["scores"] < 1)).all()
     assert (r["boxes"][:, 2] <= 80 + 1e-3).all() and (r["boxes"][:, 3] <= 60 + 1e-3).all()
     for i in range(2):
         assert float(r["iou"][i]) == pytest.approx(_iou(r["boxes"][i].tolist(), q[i]), abs=1e-5)
-    aug = demo.localize_patches_in_image(model, cfg, img, q, augment=True, seed=1)
+    aug = localize.localize_patches_in_image(model, cfg, img, q, augment=True, seed=1)
     assert not torch.allclose(aug["boxes"], r["boxes"])  # the patch feature changed
     with pytest.raises(ValueError, match="at most"):
-        demo.localize_patches_in_image(model, cfg, img, q * 2)
+        localize.localize_patches_in_image(model, cfg, img, q * 2)
 
 
 def test_checkpoint_round_trip_in_both_formats(tiny, tmp_path):
     model, cfg = tiny
     img, q = _image(64, 64), [[5, 5, 30, 40]]
-    ref = demo.localize_patches_in_image(model, cfg, img, q)
-    path = demo.save_demo_checkpoint(model, cfg, tmp_path / "kit.pth")
-    loaded, cfg2 = demo.load_demo_model(path)
+    ref = localize.localize_patches_in_image(model, cfg, img, q)
+    path = training.save_demo_checkpoint(model, cfg, tmp_path / "kit.pth")
+    loaded, cfg2 = checkpoints.load_demo_model(path)
     torch.testing.assert_close(
-        demo.localize_patches_in_image(loaded, cfg2, img, q)["boxes"], ref["boxes"]
+        localize.localize_patches_in_image(loaded, cfg2, img, q)["boxes"], ref["boxes"]
     )
     # the authors' layout: their names for the patch projection and reconstruction head
     sd = {}
@@ -340,7 +350,7 @@ def test_checkpoint_round_trip_in_both_formats(tiny, tmp_path):
         k = k.replace("reconstruction_head.2.", "feature_align.layers.1.")
         sd[k] = v
     torch.save({"model": sd}, tmp_path / "authors.pth")
-    authors, acfg = demo.load_demo_model(tmp_path / "authors.pth", preset="smoke")
+    authors, acfg = checkpoints.load_demo_model(tmp_path / "authors.pth", preset="smoke")
     assert (acfg.model.backbone, acfg.model.backbone_layer) == ("resnet18", "layer3")
     assert (acfg.model.hidden_dim, acfg.model.num_queries) == (
         cfg.model.hidden_dim,
@@ -352,34 +362,39 @@ def test_checkpoint_round_trip_in_both_formats(tiny, tmp_path):
             torch.testing.assert_close(authors.state_dict()[name], p)
     torch.save({"model": {"foo": torch.zeros(1)}}, tmp_path / "junk.pth")
     with pytest.raises(ValueError, match="not a DETR"):
-        demo.load_demo_model(tmp_path / "junk.pth")
+        checkpoints.load_demo_model(tmp_path / "junk.pth")
 
 
 def test_ensure_checkpoint_uses_a_given_file_or_trains_one(tmp_path):
     with pytest.raises(FileNotFoundError, match="authors' checkpoint not found"):
-        demo.ensure_lite_checkpoint(authors_checkpoint=tmp_path / "none.pth")
+        checkpoints.ensure_lite_checkpoint(authors_checkpoint=tmp_path / "none.pth")
     given = tmp_path / "given.pth"
     given.write_bytes(b"x")
-    assert demo.ensure_lite_checkpoint(authors_checkpoint=given) == given
-    path = demo.ensure_lite_checkpoint(tmp_path / "demo.pth", smoke=True, steps=60, progress=False)
+    assert checkpoints.ensure_lite_checkpoint(authors_checkpoint=given) == given
+    path = checkpoints.ensure_lite_checkpoint(
+        tmp_path / "demo.pth", smoke=True, steps=60, progress=False
+    )
     ckpt = torch.load(path, weights_only=False)
     assert ckpt["kind"] == "pretext" and ckpt["step"] == 60
     losses = ckpt["losses"]
     assert np.mean(losses[-15:]) < np.mean(losses[:15])  # training went downhill
     mtime = path.stat().st_mtime
-    assert demo.ensure_lite_checkpoint(path, smoke=True) == path and path.stat().st_mtime == mtime
+    assert (
+        checkpoints.ensure_lite_checkpoint(path, smoke=True) == path
+        and path.stat().st_mtime == mtime
+    )
 
 
 def test_demo_state_summary_figure_and_widgets(tiny, tmp_path):
     model, cfg = tiny
     photos = {"a": _image(64, 64, 1), "b": _image(48, 80, 2)}
-    state = demo.DemoState(model, cfg, photos["a"], [])
+    state = widget.DemoState(model, cfg, photos["a"], [])
     state.boxes = state.default_boxes(2)
     text = state.summary()
     assert text.count("\n") == 1 and "IoU" in text
-    ax = demo.static_demo_figure(state)
+    ax = widget.static_demo_figure(state)
     assert len(ax.patches) == 4  # 2 query boxes + 2 predictions
-    ui = demo.build_demo(state, photos, num_patches=2)
+    ui = widget.build_demo(state, photos, num_patches=2)
     sliders = [w for w in _walk(ui) if type(w).__name__ == "IntSlider"]
     textarea = next(w for w in _walk(ui) if type(w).__name__ == "Textarea")
     before = textarea.value
@@ -413,7 +428,7 @@ def test_predicted_boxes_are_clipped_to_the_image(tiny, monkeypatch):
         return [{"query": 0, "box": [-6.0, 50.0, 60.0, 80.0], "score": 0.9}]
 
     monkeypatch.setattr(inference, "localize_patches", past_the_border)
-    r = demo.localize_patches_in_image(model, cfg, image, [[10, 40, 40, 60]])
+    r = localize.localize_patches_in_image(model, cfg, image, [[10, 40, 40, 60]])
     assert r["boxes"].tolist() == [[0.0, 50.0, 48.0, 64.0]]
     # IoU of the clipped box with the query: intersection 30 x 10, union 48 x 14 + 30 x 20 - 300
     assert float(r["iou"][0]) == pytest.approx(300 / (48 * 14 + 600 - 300))
@@ -425,26 +440,30 @@ def test_read_image_is_writable_so_torch_does_not_warn(tmp_path):
     from PIL import Image
 
     Image.fromarray(_image(20, 30, 1)).save(tmp_path / "a.png")
-    image = demo.read_image(tmp_path / "a.png")
+    image = localize.read_image(tmp_path / "a.png")
     assert image.flags.writeable
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        demo.prepare_image(image, 16, 32)
+        localize.prepare_image(image, 16, 32)
 
 
 def test_default_checkpoint_is_the_main_run_else_the_shipped_one(tmp_path, monkeypatch):
     main_run, shipped = tmp_path / "runs" / "last.pth", tmp_path / "shipped.pth"
-    monkeypatch.setattr(demo, "MAIN_RUN_CHECKPOINT", main_run)
-    monkeypatch.setattr(demo, "SHIPPED_CHECKPOINT", shipped)
-    with pytest.raises(demo.DemoError, match="no demo checkpoint.*--make-checkpoint"):
-        demo.ensure_lite_checkpoint()  # nothing there and nothing is trained
+    monkeypatch.setattr(checkpoints, "SHIPPED_CHECKPOINT", shipped)
+    with pytest.raises(localize.DemoError, match="no demo checkpoint.*--make-checkpoint"):
+        checkpoints.ensure_lite_checkpoint(main_run=main_run)  # nothing there, nothing trained
+    with pytest.raises(localize.DemoError, match="no demo checkpoint.*--make-checkpoint"):
+        checkpoints.ensure_lite_checkpoint()
     shipped.write_bytes(b"x")
-    assert demo.ensure_lite_checkpoint() == shipped
-    assert "ships with the kit" in demo.checkpoint_note(shipped)
+    assert checkpoints.ensure_lite_checkpoint(main_run=main_run) == shipped
+    assert "ships with the kit" in checkpoints.checkpoint_note(shipped, main_run)
     main_run.parent.mkdir()
     main_run.write_bytes(b"x")
-    assert demo.ensure_lite_checkpoint(smoke=True) == main_run
-    assert "bash run.sh" in demo.checkpoint_note(main_run)
+    assert checkpoints.ensure_lite_checkpoint(smoke=True, main_run=main_run) == main_run
+    assert "bash run.sh" in checkpoints.checkpoint_note(main_run, main_run)
+    # the main job's checkpoint is the caller's to name: without it, the shipped one
+    assert checkpoints.ensure_lite_checkpoint() == shipped
+    assert "bash run.sh" not in checkpoints.checkpoint_note(main_run)
 
 
 def _walk(w):
@@ -455,14 +474,14 @@ def _walk(w):
 
 def test_read_image_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="image file not found"):
-        demo.read_image(tmp_path / "none.png")
+        localize.read_image(tmp_path / "none.png")
     (tmp_path / "x.png").write_text("not a png")
-    with pytest.raises(demo.DemoError, match="not an image"):
-        demo.read_image(str(tmp_path / "x.png"))
+    with pytest.raises(localize.DemoError, match="not an image"):
+        localize.read_image(str(tmp_path / "x.png"))
 
 
 def test_dropped_patch_fraction_matches_the_setting():
-    cfg = demo.demo_config(smoke=True).override(["pretext.query_shuffle=False"])
+    cfg = training.demo_config(smoke=True).override(["pretext.query_shuffle=False"])
     torch.manual_seed(4)
     model = build_updetr(cfg)
     model.patch_dropout = 0.3
@@ -480,20 +499,24 @@ def test_dropped_patch_fraction_matches_the_setting():
 
 
 def test_notebook_config_anchors_the_cache(tmp_path):
-    cfg = notebook_checks.notebook_config("smoke", ["pretrain.max_steps=3"])
+    # the notebooks pass the checkout's cache (their working folder is notebooks/)
+    cache = ROOT / ".cache" / "updetr_lite"
+    cfg = notebook_checks.notebook_config("smoke", ["pretrain.max_steps=3"], cache_dir=cache)
     assert cfg.pretrain.max_steps == 3
-    assert cfg.data.cache_dir == str(notebook_checks.project_root() / ".cache" / "updetr_lite")
-    assert (notebook_checks.project_root() / "updetr_lite" / "viz.py").is_file()
+    assert cfg.data.cache_dir == str(cache)
+    assert (ROOT / "updetr_lite" / "viz.py").is_file()
     assert notebook_checks.notebook_config("smoke", cache_dir=tmp_path).data.cache_dir == str(
         tmp_path
     )
+    with pytest.raises(TypeError, match="cache_dir"):  # no default: the caller knows the checkout
+        notebook_checks.notebook_config("smoke")
 
 
 def test_notebook_html_rendering_and_environment(tmp_path):
     import nbformat
     from nbformat.v4 import new_code_cell, new_notebook, new_output
 
-    from updetr_lite import notebooks
+    from updetr_lite.tutorial import notebooks
 
     nb = new_notebook(cells=[new_code_cell("print('hello patches')")])
     nb.cells[0].outputs = [new_output("stream", name="stdout", text="hello patches\n")]
@@ -501,21 +524,19 @@ def test_notebook_html_rendering_and_environment(tmp_path):
     nbformat.write(nb, path)
     html = notebooks.to_html(path, tmp_path / "html")
     assert html.name == "x.html" and "hello patches" in html.read_text()
-    env = notebooks.notebook_env(tmp_path / "c")
+    env = notebooks.notebook_env(ROOT, tmp_path / "c")
     assert env["MPLBACKEND"] == "Agg" and env["IPYTHONDIR"].startswith(str(tmp_path))
-    assert str(notebook_checks.project_root()) in env["PYTHONPATH"].split(os.pathsep)
-    assert "MPLBACKEND" not in notebooks.notebook_env(tmp_path / "c", agg=False)
+    assert str(ROOT) in env["PYTHONPATH"].split(os.pathsep)
+    assert "MPLBACKEND" not in notebooks.notebook_env(ROOT, tmp_path / "c", agg=False)
     with pytest.raises(FileNotFoundError, match="notebook not found"):
-        notebooks.execute_notebook("99_missing", tmp_path)
+        notebooks.execute_notebook(ROOT / "notebooks", "99_missing", tmp_path)
 
 
 def test_training_patch_boxes_inside_the_image_and_seeded():
-    from updetr_lite import demo
-
     image = np.zeros((90, 160, 3), dtype=np.uint8)
-    boxes = demo.training_patch_boxes(image, 50, seed=3)
-    assert boxes == demo.training_patch_boxes(image, 50, seed=3)
-    assert boxes != demo.training_patch_boxes(image, 50, seed=4)
+    boxes = localize.training_patch_boxes(image, 50, seed=3)
+    assert boxes == localize.training_patch_boxes(image, 50, seed=3)
+    assert boxes != localize.training_patch_boxes(image, 50, seed=4)
     for x0, y0, x1, y1 in boxes:
         assert 0 <= x0 < x1 <= 160 and 0 <= y0 < y1 <= 90
         assert 0.25 * 160 <= x1 - x0 <= 0.6 * 160 and 0.25 * 90 <= y1 - y0 <= 0.6 * 90
@@ -555,7 +576,7 @@ def test_picture_keys_labels_and_zero_bars():
 
 
 def test_main_job_runs_only_when_every_run_has_its_checkpoint(tmp_path):
-    from updetr_lite import notebook_checks as nc
+    from updetr_lite.tutorial import notebook_checks as nc
 
     (tmp_path / "pre_crop_s0").mkdir()
     (tmp_path / "pre_crop_s0" / "last.pth").write_bytes(b"x")

@@ -28,8 +28,9 @@ Where each part of the paper lives (module: symbol):
   Speed switches (not the paper's arithmetic)          fastpath.py: enable (model.fast_path)
   Training logs (log.jsonl)                            jsonl.py: read_jsonl
 
-The command line is cli.py (``updetr-lite --help``); the tutorial notebooks use demo.py,
-viz.py and notebook_checks.py. The reproduction of Tables 1-4 and Figures 1, 3-6 (plans,
-papermill runs, the report) is not part of the library: it is the checkout's ``reproduce``
-package (``python -m reproduce.run``), which calls this one.
+The command line is cli/ (``updetr-lite --help``); the tutorial notebooks use viz.py and the
+tutorial/ package (the patch-localization demo, what the notebooks check, their runner). The
+reproduction of Tables 1-4 and Figures 1, 3-6 (plans, papermill runs, the report) is not part
+of the library: it is the checkout's ``reproduce`` package (``python -m reproduce.run``),
+which calls this one.
 """

@@ -1,4 +1,4 @@
-"""``python -m updetr_lite ...``: the ``updetr-lite`` command (updetr_lite/cli.py)."""
+"""``python -m updetr_lite ...``: the ``updetr-lite`` command (updetr_lite/cli/)."""
 
 from .cli import main
 

@@ -1,9 +1,10 @@
 """Execute the tutorial notebooks with papermill and render executed copies as HTML.
 
-``render_notebooks(out_dir, smoke=False)`` is what the main command calls; the test suite
-runs ``execute_notebook`` on each notebook with ``SMOKE=True``. Notebooks live in
-``notebooks/`` (committed without outputs), run on the ``updetr-lite`` kernel, and write
-their checkable values as JSON into their ``RESULTS_DIR`` parameter.
+``render_notebooks(notebook_dir, out_dir, smoke=False)`` is what ``updetr-lite notebooks``
+calls; the test suite runs ``execute_notebook`` on each notebook with ``SMOKE=True``. The
+notebooks live in the checkout's ``notebooks/`` (committed without outputs; the caller passes
+that folder), run on the ``updetr-lite`` kernel, and write their checkable values as JSON into
+their ``RESULTS_DIR`` parameter.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-
-from .notebook_checks import project_root
 
 KERNEL = "updetr-lite"
 NOTEBOOKS = (
@@ -57,15 +56,12 @@ def kernel_manager_class():
     return QuietKernelManager
 
 
-def notebook_dir() -> Path:
-    return project_root() / "notebooks"
-
-
-def notebook_env(tmp: Path | None = None, agg: bool = True) -> dict[str, str]:
-    """Environment for a kernel: caches in the project (or ``tmp``), the project importable
-    even where the kit is not pip-installed, and Agg plots when ``agg`` (tests: nothing to
-    show); without it the kernel's inline backend puts the figures into the outputs."""
-    root = project_root()
+def notebook_env(project, tmp: Path | None = None, agg: bool = True) -> dict[str, str]:
+    """Environment for a kernel: caches in the ``project`` folder (the checkout, the folder
+    above the notebooks) or ``tmp``, the project importable even where the kit is not
+    pip-installed, and Agg plots when ``agg`` (tests: nothing to show); without it the
+    kernel's inline backend puts the figures into the outputs."""
+    root = Path(project)
     cache = Path(tmp) if tmp else root / ".cache"
     env = {
         "MPLCONFIGDIR": str(cache / "matplotlib"),
@@ -86,6 +82,7 @@ def notebook_env(tmp: Path | None = None, agg: bool = True) -> dict[str, str]:
 
 
 def execute_notebook(
+    notebook_dir,
     name: str,
     out_dir,
     parameters: dict | None = None,
@@ -94,12 +91,14 @@ def execute_notebook(
     env_dir=None,
     agg: bool = True,
 ) -> Path:
-    """Run ``notebooks/<name>.ipynb`` with papermill into ``out_dir/<name>.ipynb`` (the working
-    folder is ``notebooks/``); ``RESULTS_DIR`` defaults to ``out_dir/results``. Returns the
-    executed copy's path; raises NotebookError naming the cell that failed."""
+    """Run ``notebook_dir/<name>.ipynb`` (the checkout's ``notebooks/``) with papermill into
+    ``out_dir/<name>.ipynb`` (the working folder is ``notebook_dir``); ``RESULTS_DIR``
+    defaults to ``out_dir/results``. Returns the executed copy's path; raises NotebookError
+    naming the cell that failed."""
     import papermill as pm
 
-    src = notebook_dir() / f"{name}.ipynb"
+    notebook_dir = Path(notebook_dir).resolve()
+    src = notebook_dir / f"{name}.ipynb"
     if not src.is_file():
         raise FileNotFoundError(f"notebook not found: {src}")
     out_dir = Path(out_dir).resolve()  # the kernel runs in notebooks/: no relative paths
@@ -108,14 +107,16 @@ def execute_notebook(
     dest = out_dir / f"{name}.ipynb"
     saved = dict(os.environ)
     os.environ.pop("MPLBACKEND", None)
-    os.environ.update(notebook_env(env_dir, agg))  # the kernel inherits this environment
+    os.environ.update(
+        notebook_env(notebook_dir.parent, env_dir, agg)
+    )  # the kernel inherits this environment
     try:
         pm.execute_notebook(
             str(src),
             str(dest),
             parameters=params,
             kernel_name=kernel_name,
-            cwd=str(notebook_dir()),
+            cwd=str(notebook_dir),
             execution_timeout=timeout,
             progress_bar=False,
             kernel_manager_class=kernel_manager_class(),
@@ -149,9 +150,12 @@ def to_html(executed: Path, html_dir) -> Path:
     return dest
 
 
-def render_notebooks(out_dir, smoke: bool = False, names=NOTEBOOKS, report=None) -> dict[str, Path]:
-    """Execute every notebook (headless: the demo shows its static figure) and write
-    ``out_dir/<name>.ipynb``, ``out_dir/html/<name>.html`` and ``out_dir/results/*.json``.
+def render_notebooks(
+    notebook_dir, out_dir, smoke: bool = False, names=NOTEBOOKS, report=None
+) -> dict[str, Path]:
+    """Execute every notebook of ``notebook_dir`` (headless: the demo shows its static figure)
+    and write ``out_dir/<name>.ipynb``, ``out_dir/html/<name>.html`` and
+    ``out_dir/results/*.json``.
     ``report`` (e.g. print) gets one line per notebook: its name, time and page.
     Returns {name: html path}."""
     out_dir = Path(out_dir)
@@ -161,7 +165,7 @@ def render_notebooks(out_dir, smoke: bool = False, names=NOTEBOOKS, report=None)
         if name.startswith("06"):
             params["INTERACTIVE"] = False
         start = time.perf_counter()
-        executed = execute_notebook(name, out_dir, params, agg=False)
+        executed = execute_notebook(notebook_dir, name, out_dir, params, agg=False)
         pages[name] = to_html(executed, out_dir / "html")
         if report:
             report(f"{name}: {time.perf_counter() - start:.0f} s, {pages[name]}")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .models.matcher import cost_terms  # noqa: F401  (notebook 03 shows the matcher's terms)
+from ..models.matcher import cost_terms  # noqa: F401  (notebook 03 shows the matcher's terms)
 
 
 def write_results(results_dir, name: str, values: dict) -> Path:
@@ -111,29 +111,25 @@ def loss_fell(values, fraction: float = 0.2, min_drop: float = 0.0) -> bool:
     return last < first * (1 - min_drop)
 
 
-def project_root() -> Path:
-    """The folder holding the ``updetr_lite`` package (the project root in a checkout)."""
-    return Path(__file__).resolve().parents[1]
-
-
-def main_job_runs(names: dict, use: bool = True, root=None) -> dict | None:
-    """{key: run folder} of the main job (``bash run.sh`` writes ``runs/main/<name>``) when
-    ``use`` and every named run has its ``last.pth``; else None (the notebook trains its own).
+def main_job_runs(names: dict, root, use: bool = True) -> dict | None:
+    """{key: run folder} of the main job in ``root`` (``bash run.sh`` writes the checkout's
+    ``runs/main/<name>``: the notebooks pass that folder) when ``use`` and every named run has
+    its ``last.pth``; else None (the notebook trains its own).
     ``names``: {key: run name}, e.g. {"pretrain": "pre_crop_s0"}."""
-    main = Path(root) if root else project_root() / "runs" / "main"
+    main = Path(root)
     dirs = {k: main / n for k, n in names.items()}
     if use and all((d / "last.pth").is_file() for d in dirs.values()):
         return dirs
     return None
 
 
-def notebook_config(preset: str, overrides: list[str] | None = None, cache_dir=None):
-    """``get_config(preset, overrides)`` with the data cache anchored in the project's
-    ``.cache/updetr_lite`` (a notebook's working folder is ``notebooks/``, not the root)."""
-    from .config import get_config
+def notebook_config(preset: str, overrides: list[str] | None = None, *, cache_dir):
+    """``get_config(preset, overrides)`` with the data cache anchored in ``cache_dir`` (the
+    notebooks pass the checkout's ``.cache/updetr_lite``: a notebook's working folder is
+    ``notebooks/``, not the root)."""
+    from ..config import get_config
 
-    cache = Path(cache_dir) if cache_dir else project_root() / ".cache" / "updetr_lite"
-    return get_config(preset, [*(overrides or []), f"data.cache_dir={cache}"])
+    return get_config(preset, [*(overrides or []), f"data.cache_dir={Path(cache_dir)}"])
 
 
 @torch.no_grad()
