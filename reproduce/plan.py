@@ -11,7 +11,7 @@ Scales:
 - ``paper``: the paper's settings (Tables 1-4, Figures 1, 3-6); needs ImageNet, VOC07+12,
   COCO and a SwAV ResNet-50 on local disk (``reproduce.paper_plan``).
 - ``lite``: the embedded data on a CPU (``reproduce.lite_plan``). Deviations, each a named
-  config option (``config.LITE_DEVIATIONS``): a small CNN trained by the kit
+  config option (``presets.LITE_DEVIATIONS``): a small CNN trained by the kit
   (``reproduce.lite_cnn``), LayerScale on the encoder blocks, cached CNN features and a
   cached bank of crop patch features, fp32 on every CPU, step budgets instead of epochs,
   N = 20 queries with M = 4 patches standing in for the paper's N = 100, M = 10; the 'roi'

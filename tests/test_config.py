@@ -2,7 +2,7 @@
 
 import dataclasses
 
-from updetr_lite.config import LITE_DEVIATIONS, LITE_SCALE, lite, paper
+from updetr_lite.presets import LITE_DEVIATIONS, LITE_SCALE, lite, paper
 
 
 def _fields(cfg) -> dict:

@@ -1,7 +1,7 @@
 """The paper preset and the driver's paper runs hold the paper's numbers.
 
 The expected values are typed here from the paper's sections 3-4 and tables (and the
-authors' release where the paper is silent), independently of updetr_lite/config.py and
+authors' release where the paper is silent), independently of updetr_lite/presets.py and
 reproduce/plan.py, reproduce/paper_plan.py.
 """
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from reproduce.plan import plan, run_config
-from updetr_lite.config import paper
+from updetr_lite.presets import paper
 
 # reference-facts.md, "Pre-training" and "Fine-tuning"
 PAPER_MODEL = {

@@ -24,7 +24,8 @@ Where each part of the paper lives (module: symbol):
   Unsupervised localization of patches (Fig. 5)        engine/inference.py: localize_patches;
                                                          models/updetr.py: localize
   ImageNet normalisation of every CNN input            data/images.py: normalize
-  Settings: paper / lite / smoke presets               config.py: paper, lite, smoke
+  Settings: paper / lite / smoke presets               presets.py: paper, lite, smoke;
+                                                         config.py: Config, get_config
   Speed switches (not the paper's arithmetic)          fastpath.py: enable (model.fast_path)
   Training logs (log.jsonl)                            jsonl.py: read_jsonl
 
