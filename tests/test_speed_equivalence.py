@@ -74,7 +74,7 @@ def test_bf16_weight_copy_equals_autocast_and_fp32_within_tolerance():
 def _pretext_run(fast: bool, amp: bool, steps: int = 2) -> list[dict[str, float]]:
     """Losses of ``steps`` training steps of a small UP-DETR with a ResNet-18 CNN and crop
     patches, from the same weights and inputs; the path is the only difference."""
-    from updetr_lite.bench import _optimizer, random_boxes
+    from updetr_lite.bench_steps import _optimizer, random_boxes
     from updetr_lite.config import get_config
     from updetr_lite.models import build_criterion, build_updetr
 
@@ -140,7 +140,7 @@ def test_amp_training_step_matches_fp32(plain_run):
 
 
 def test_the_benchmarked_model_runs_the_fast_path():
-    from updetr_lite.bench import fast_path_state
+    from updetr_lite.bench_steps import fast_path_state
     from updetr_lite.config import get_config
     from updetr_lite.models import build_updetr
 
@@ -236,7 +236,7 @@ def test_one_thread_sampling_restores_threads_and_draws_the_same(tmp_path):
 
 
 def test_bench_image_sizes_follow_the_multiscale_rule():
-    from updetr_lite.bench import draw_size, random_batch
+    from updetr_lite.bench_steps import draw_size, random_batch
 
     g = torch.Generator().manual_seed(0)
     scales = tuple(range(320, 481, 16))
