@@ -243,7 +243,7 @@ def test_sample_boxes_normalise_by_width_and_height(tmp_path):
     """A non-square image (h 40, w 96): the normalised boxes of the dataset's sampler (used by
     the cached-RoI path) are the pixel boxes divided by (w, h, w, h), written out here, and
     stay inside the image."""
-    from updetr_lite.engine.feature_cache import CachedPretextRoi
+    from updetr_lite.engine.cached_datasets import CachedPretextRoi
 
     h, w = 40, 96
     Image.fromarray(_structured(h, w)).save(tmp_path / "img.png")

@@ -5,8 +5,9 @@ fine-tunes DETR ('finetune'); ``evaluate(model, loader, coco_gt)`` gives COCO bo
 
 train.py sets a run up and drives loop.py (the epoch loop); step.py is the one optimizer
 step (also run by the bench and the demo trainer); train_data.py the loaders;
-feature_cache.py the cached CNN maps; run_state.py, seeding.py and runlock.py what makes a
-stopped run resume exactly and safely; checkpoint.py, distributed.py, inference.py.
+feature_cache.py the cached CNN maps (cached_datasets.py the datasets over them);
+run_state.py, seeding.py and runlock.py what makes a stopped run resume exactly and safely;
+checkpoint.py, distributed.py, inference.py.
 """
 
 from .checkpoint import CheckpointError, atomic_save, check_kind, load_checkpoint
