@@ -132,7 +132,8 @@ print({k: round(v, 4) if isinstance(v, float) else v for k, v in results.items()
 
 # %%
 from updetr_lite.data.embedded import build_embedded
-from updetr_lite.engine.inference import load_model, predict_image
+from updetr_lite.engine.inference import predict_image
+from updetr_lite.engine.loading import load_model
 
 paths = build_embedded(cfg.data)
 val_files = sorted(Path(paths.val_images).iterdir())[:3]

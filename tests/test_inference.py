@@ -14,10 +14,10 @@ from updetr_lite.engine.inference import (
     InferenceError,
     eval_input,
     load_image,
-    load_model,
     localize_patches,
     predict_image,
 )
+from updetr_lite.engine.loading import load_model
 from updetr_lite.models import build_detr, build_updetr
 
 H, W = 50, 70  # a non-square image: catches swapped h/w in the pixel conversion

@@ -28,6 +28,7 @@ Where each part of the paper lives (module: symbol):
                                                          config.py: Config, get_config
   Speed switches (not the paper's arithmetic)          fastpath.py: enable (model.fast_path)
   Training logs (log.jsonl)                            jsonl.py: read_jsonl
+  A checkpoint (the kit's or the authors') as a model  engine/loading.py: load_model
 
 The command line is cli/ (``updetr-lite --help``); the tutorial notebooks use viz.py and the
 tutorial/ package (the patch-localization demo, what the notebooks check, their runner). The

@@ -18,7 +18,7 @@ def cmd_evaluate(args) -> int:
     from ..data.build import build_detection_datasets
     from ..data.collate import collate_detection
     from ..engine.evaluate import evaluate
-    from ..engine.inference import load_model
+    from ..engine.loading import load_model
 
     device = device_from_args(args)
     model, cfg = load_model(args.checkpoint, "detection", device, args.preset, args.set)
@@ -79,7 +79,8 @@ def cmd_predict(args) -> int:
     A bad image (unreadable, too small) is skipped and named; the others are still written,
     and the command then fails with the count."""
     from ..draw import save_boxes_png
-    from ..engine.inference import InferenceError, load_image, load_model, predict_image
+    from ..engine.inference import InferenceError, load_image, predict_image
+    from ..engine.loading import load_model
 
     if not 0.0 <= args.threshold <= 1.0:
         raise CLIError(f"--threshold {args.threshold}: must be in [0, 1]")
@@ -123,7 +124,8 @@ def cmd_predict(args) -> int:
 def cmd_localize(args) -> int:
     """One-shot localization of query patches (files or boxes) in one image."""
     from ..draw import save_boxes_png
-    from ..engine.inference import load_image, load_model, localize_patches, parse_box
+    from ..engine.inference import load_image, localize_patches, parse_box
+    from ..engine.loading import load_model
 
     if bool(args.patch) == bool(args.box):
         raise CLIError("localize: give query patches with --patch FILE or --box x0,y0,x1,y1")

@@ -40,8 +40,8 @@ SHIPPED_RECORD = SHIPPED_DIR / "lite_demo.json"
 
 def load_demo_model(path, preset: str = "paper") -> tuple[torch.nn.Module, Config]:
     """(UPDETR in eval mode, its Config) from this kit's pretext checkpoint or the authors'
-    (their settings read from the tensor shapes over ``preset``; ``engine.inference``)."""
-    from ..engine.inference import load_model
+    (their settings read from the tensor shapes over ``preset``; ``engine.loading``)."""
+    from ..engine.loading import load_model
 
     return load_model(path, kind="pretext", preset=preset)
 
