@@ -17,6 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 from reproduce import report  # noqa: E402
 from updetr_lite.data.embedded import build_embedded  # noqa: E402
+from updetr_lite.data.query_patches import sample_patch_boxes  # noqa: E402
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ def diagnose(run_dir: Path, n_images: int = 16) -> dict:
     for f in files:
         img = report.load_image(f, cfg.data.test_size, cfg.data.max_size)
         h, w = img.shape[-2:]
-        boxes = report.sample_patch_boxes(gen, h, w, cfg.pretext.num_patches, cfg.pretext.min_patch)
+        boxes = sample_patch_boxes(h, w, cfg.pretext.num_patches, cfg.pretext.min_patch, gen)
         pred = report.localize_patches(model, cfg, img, boxes)[0]
         stds.append(mem["x"].float().std(dim=1).mean().item())
         ious.extend(box_iou(pred, boxes).diag().tolist())

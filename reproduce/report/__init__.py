@@ -26,7 +26,6 @@ from .localization import (
     load_pretext_model,
     localization_study,
     localize_patches,
-    sample_patch_boxes,
 )
 from .paper import CLAIM_KEYS, CLAIMS, PAPER, TABLE_METRICS, TABLE_TITLES
 from .runs import RunData, curve, eval_records, final_metrics, load_run, normalize_metrics
@@ -86,7 +85,6 @@ __all__ = [
     "plot_run",
     "random_cnn_text",
     "read_jsonl",
-    "sample_patch_boxes",
     "smooth",
     "summary_section",
     "to_markdown",

@@ -49,25 +49,6 @@ def load_pretext_model(run_dir: str | Path, checkpoint: str = "last.pth"):
     return model.eval(), cfg
 
 
-def sample_patch_boxes(gen, height: int, width: int, k: int, min_patch: int):
-    """k patch boxes, xyxy pixels [k, 4]: sides uniform in [min_patch, side - min_patch], then
-    a uniform top-left corner (the authors' sampling)."""
-    import torch
-
-    boxes = []
-    for _ in range(k):
-        pw = int(
-            torch.randint(min_patch, max(min_patch, width - min_patch) + 1, (1,), generator=gen)
-        )
-        ph = int(
-            torch.randint(min_patch, max(min_patch, height - min_patch) + 1, (1,), generator=gen)
-        )
-        x0 = int(torch.randint(0, width - pw + 1, (1,), generator=gen))
-        y0 = int(torch.randint(0, height - ph + 1, (1,), generator=gen))
-        boxes.append([x0, y0, x0 + pw, y0 + ph])
-    return torch.tensor(boxes, dtype=torch.float32)
-
-
 def load_image(path: str | Path, size: int, max_size: int):
     """uint8 [3, H, W] resized so the shortest side is ``size`` (longest <= max_size)."""
     from PIL import Image
@@ -113,6 +94,8 @@ def localization_study(
     import torch
     from torchvision.ops import box_iou
 
+    from updetr_lite.data.query_patches import sample_patch_boxes
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     image_paths = list(image_paths)[:n_images]
@@ -133,7 +116,7 @@ def localization_study(
             img = load_image(path, max(cfg.data.pretext_scales), cfg.data.pretext_max_size)
             h, w = img.shape[-2:]
             # the same boxes for every model: draw the largest M once per image, use the first k
-            boxes = sample_patch_boxes(gen, h, w, 10, cfg.pretext.min_patch)[:k]
+            boxes = sample_patch_boxes(h, w, 10, cfg.pretext.min_patch, gen)[:k]
             pred, scores, crops = localize_patches(model, cfg, img, boxes)
             ious.append(box_iou(pred, boxes).diagonal())
             truth.append((boxes, h, w))
