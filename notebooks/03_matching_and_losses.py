@@ -28,15 +28,16 @@
 #
 # `cost = 1 * (-p_i(patch class)) + 5 * L1(box_i, box_j) + 2 * (-GIoU(box_i, box_j))`.
 #
-# We use the demo's pre-trained checkpoint (the main job's `runs/main/pre_crop_s0/last.pth`
-# when it exists, else the small lite checkpoint that ships with the kit, see notebook 6), so
-# that the predictions mean something.
+# We use the demo's pre-trained checkpoint (the small lite checkpoint that ships with the
+# kit, see notebook 6, which does localise its query patches), so that the predictions mean
+# something; `MAIN_RUN = True` takes the main job's `runs/main/pre_crop_s0/last.pth` instead.
 
 # %% tags=["parameters"]
 SMOKE = False
 RESULTS_DIR = "results"
 SEED = 0
-CHECKPOINT = ""  # a pretext checkpoint file; empty: runs/main's, else the shipped one
+CHECKPOINT = ""  # a pretext checkpoint file; empty: the shipped one (or MAIN_RUN's)
+MAIN_RUN = False  # True: the main job's pre-training (runs/main/pre_crop_s0) when it exists
 
 # %%
 import random
@@ -63,7 +64,9 @@ from updetr_lite.data.query_patches import sample_boxes
 from updetr_lite.models import HungarianMatcher, build_criterion
 
 main_run = ROOT / "runs" / "main" / "pre_crop_s0" / "last.pth"  # the lite pre-training of run.sh
-checkpoint = checkpoints.ensure_lite_checkpoint(CHECKPOINT or None, main_run=main_run)
+checkpoint = checkpoints.ensure_lite_checkpoint(
+    CHECKPOINT or None, main_run=main_run if MAIN_RUN else None
+)
 print(checkpoints.checkpoint_note(checkpoint, main_run))
 model, cfg = checkpoints.load_demo_model(checkpoint)
 N, M = model.num_queries, model.num_patches

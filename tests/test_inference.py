@@ -248,3 +248,15 @@ def test_authors_args_give_m(files, tmp_path):
     assert model.num_patches == cfg.pretext.num_patches == 4
     with pytest.raises(InferenceError, match="M=4"):
         localize_patches(model, cfg, files["image"], boxes=[[0, 0, 10, 10]] * 5)
+
+
+def test_eval_input_takes_a_read_only_image_without_warning():
+    import warnings
+
+    image = np.arange(H * W * 3, dtype=np.uint8).reshape(H, W, 3)
+    image.flags.writeable = False  # as np.asarray of a PIL image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x, mask = eval_input(image, 32, 64)
+    writable = eval_input(image.copy(), 32, 64)[0]
+    assert torch.equal(x, writable) and x.shape[-2:] == mask.shape[-2:]

@@ -164,7 +164,7 @@ def test_05_finetuning_arms_are_evaluated(shared):
 def test_06_demo_localizes_with_the_shipped_checkpoint(shared):
     import json
 
-    from updetr_lite.tutorial import checkpoints
+    from updetr_lite.tutorial import checkpoints, localize
 
     r = _run("06_patch_localization_demo", shared, INTERACTIVE=False)
     assert r["smoke"] and not r["authors_checkpoint"] and r["shipped_checkpoint"]
@@ -175,6 +175,14 @@ def test_06_demo_localizes_with_the_shipped_checkpoint(shared):
     record = json.loads(checkpoints.SHIPPED_RECORD.read_text())
     assert len(r["iou_training_patches"]) == 4
     assert r["iou_training_patches"] == pytest.approx(record["test_ious"][:4], abs=0.02)
+    # held-out scenes (smoke: 2, 4 patches each): the recorded means are what the library
+    # computes for the shipped checkpoint on those scenes
+    model, cfg = checkpoints.load_demo_model(checkpoints.SHIPPED_CHECKPOINT)
+    held = localize.held_out_images(2)
+    ious = localize.training_patches_check(model, cfg, held, per_image=4)
+    fixed = localize.fixed_box_ious(held, per_image=4)
+    assert r["iou_held_out_mean"] == pytest.approx(sum(ious) / 8, abs=1e-4)
+    assert r["iou_held_out_fixed_box_mean"] == pytest.approx(sum(fixed) / 8, abs=1e-6)
 
 
 # ------------------------------------------------------------------------------ rendering

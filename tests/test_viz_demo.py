@@ -542,6 +542,45 @@ def test_training_patch_boxes_inside_the_image_and_seeded():
         assert 0.25 * 160 <= x1 - x0 <= 0.6 * 160 and 0.25 * 90 <= y1 - y0 <= 0.6 * 90
 
 
+def test_held_out_images_are_new_scenes():
+    from updetr_lite.data.embedded import draw_image
+
+    held = localize.held_out_images(3, size=64)
+    assert list(held) == ["held-out 0", "held-out 1", "held-out 2"]
+    again = localize.held_out_images(3, size=64)
+    for name, image in held.items():
+        assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+        assert np.array_equal(image, again[name])  # seeded
+    # not the embedded data a lite pre-training sees (seed 0), nor one another
+    seen = np.asarray(draw_image(0, "val", 0, 64)[0])
+    assert not np.array_equal(held["held-out 0"], seen)
+    assert not np.array_equal(held["held-out 0"], held["held-out 1"])
+
+
+def test_fixed_box_ious_by_the_formula():
+    photos = {"a": np.zeros((90, 160, 3), np.uint8), "b": np.zeros((120, 120, 3), np.uint8)}
+    got = localize.fixed_box_ious(photos, per_image=5, seed=2)
+    boxes = [
+        (im.shape[:2], b)
+        for i, im in enumerate(photos.values())
+        for b in localize.training_patch_boxes(im, 5, 2 + i)
+    ]
+    mw = sum((b[2] - b[0]) / w for (h, w), b in boxes) / len(boxes)
+    mh = sum((b[3] - b[1]) / h for (h, w), b in boxes) / len(boxes)
+    want = []
+    for (h, w), (x0, y0, x1, y1) in boxes:
+        f0, g0, f1, g1 = (
+            (0.5 - mw / 2) * w,
+            (0.5 - mh / 2) * h,
+            (0.5 + mw / 2) * w,
+            (0.5 + mh / 2) * h,
+        )
+        inter = max(0, min(x1, f1) - max(x0, f0)) * max(0, min(y1, g1) - max(y0, g0))
+        union = (x1 - x0) * (y1 - y0) + (f1 - f0) * (g1 - g0) - inter
+        want.append(inter / union)
+    assert got == pytest.approx(want, abs=1e-5) and len(got) == 10
+
+
 def test_cost_matrix_ticks_are_whole_cells():
     import matplotlib.pyplot as plt
 

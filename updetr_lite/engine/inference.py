@@ -82,7 +82,8 @@ def resized_hw(h: int, w: int, size: int, max_size: int) -> tuple[int, int]:
 
 def eval_input(image: np.ndarray, size: int, max_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """HxWx3 uint8 -> (images [1, 3, h, w] normalised, mask [1, h, w] all False: no padding)."""
-    t = torch.from_numpy(image).permute(2, 0, 1)
+    # a read-only array (np.asarray of a PIL image) is copied: torch warns on those
+    t = torch.from_numpy(np.require(image, requirements="W")).permute(2, 0, 1)
     h, w = resized_hw(t.shape[1], t.shape[2], size, max_size)
     t = TF.resize(t, [h, w], antialias=True)
     return normalize(t)[None], torch.zeros(1, h, w, dtype=torch.bool)

@@ -7,7 +7,9 @@ and out, with or without the SimCLR-style augmentation of the patches.
   this module adds the IoU with each query patch);
 - ``demo_photos``: the embedded photos the demo shows and trains on;
 - ``training_patches_check``: the IoU on seeded patches of the photos (the shipped
-  checkpoint's record, notebook 06).
+  checkpoint's record, notebook 06);
+- ``held_out_images``, ``fixed_box_ious``: scenes no demo checkpoint trained on, and the IoU
+  that one fixed box scores on the same patches (what "finds its patch" must beat).
 
 Patch features: a checkpoint with ``patch_feature='crop'`` (the paper, the authors' release)
 runs the CNN on the resized crop; one with ``'roi'`` (the lite setting) pools the CNN feature
@@ -170,4 +172,37 @@ def training_patches_check(
     for i, image in enumerate(photos.values()):
         for box in training_patch_boxes(image, per_image, seed + i):
             ious.append(training_image_patch_check(model, cfg, image, box))
+    return ious
+
+
+# Embedded-generator seed of the held-out scenes: not the embedded data's (seed 0, what a
+# lite pre-training sees) nor the lite CNN's set (1000).
+HELD_OUT_SEED = 7919
+
+
+def held_out_images(n: int = 6, size: int = 128, seed: int = HELD_OUT_SEED) -> dict:
+    """``n`` scenes of the embedded generator (shapes on textured and photo backgrounds) that
+    neither the shipped checkpoint (trained on the demo photos) nor a lite pre-training (the
+    embedded data of seed 0) saw: name -> HxWx3 uint8, ``size`` px square."""
+    from ..data.embedded import draw_image
+
+    return {f"held-out {i}": np.array(draw_image(seed, "val", i, size)[0]) for i in range(n)}
+
+
+def fixed_box_ious(photos: dict[str, np.ndarray], per_image: int = 4, seed: int = 0) -> list:
+    """The baseline of ``training_patches_check`` on the same patches: the IoU of one box that
+    ignores the patch (the mean patch size, centred in its image) with each patch's box."""
+    boxes = [
+        (image.shape[:2], box)
+        for i, image in enumerate(photos.values())
+        for box in training_patch_boxes(image, per_image, seed + i)
+    ]
+    rel = torch.tensor([[b[2] - b[0], b[3] - b[1]] for _, b in boxes]) / torch.tensor(
+        [[w, h] for (h, w), _ in boxes], dtype=torch.float32
+    )
+    mw, mh = rel.mean(0).tolist()
+    ious = []
+    for (h, w), box in boxes:
+        fixed = [(0.5 - mw / 2) * w, (0.5 - mh / 2) * h, (0.5 + mw / 2) * w, (0.5 + mh / 2) * h]
+        ious.append(float(box_iou(torch.tensor([fixed]), torch.tensor([box]))[0, 0]))
     return ious
