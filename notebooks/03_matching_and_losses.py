@@ -17,9 +17,9 @@
 # %% [markdown]
 # # 3. Matching and losses
 #
-# **Run time:** 48 s (measured with `updetr-lite notebooks --only 03`, kernel start included, on a busy
-# 2-core machine) at the default setting (it loads a checkpoint and
-# trains nothing).
+# **Run time:** 10 s (measured with `updetr-lite notebooks --only 03,04,05,06`, kernel start included, on a 2-core
+# machine with one other job on the second core) at the default
+# setting: it loads a checkpoint and trains nothing.
 #
 # The model makes `N` predictions; the targets are the `M` query patch boxes. Which prediction
 # answers which patch? As DETR, UP-DETR finds the cheapest one-to-one **assignment** with the

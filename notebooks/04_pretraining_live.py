@@ -28,7 +28,8 @@
 # trains nothing and shows the main job's lite runs `pre_crop_s0` (with the mask) and
 # `pre_nomask_s0` (without), 1500 steps each; it says so below.
 #
-# **Run time** on 2 CPU cores: with `runs/main`, well under a minute; without it, the two
+# **Run time** on 2 CPU cores: with `runs/main`, 7 s (measured with `updetr-lite notebooks --only 03,04,05,06`, kernel start included, on a 2-core
+# machine with one other job on the second core); without it, the two
 # `STEPS`-step runs (several minutes at the lite preset). **SMOKE** (tests: 30 steps at toy
 # sizes) cannot show Figure 6's difference: its two curves nearly coincide.
 

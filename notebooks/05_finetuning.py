@@ -31,7 +31,8 @@
 # lite fine-tunings `ft_scratch_s0` and `ft_crop_s0` (800 steps each, the latter from the
 # pre-training `pre_crop_s0`); it says so below.
 #
-# **Run time** on 2 CPU cores: with `runs/main`, about a minute; without it, one pre-training
+# **Run time** on 2 CPU cores: with `runs/main`, 22 s (measured with `updetr-lite notebooks --only 03,04,05,06`, kernel start included, on a 2-core
+# machine with one other job on the second core); without it, one pre-training
 # and two fine-tunings (many minutes at the lite preset). **SMOKE** (tests: 20 + 16 steps at
 # toy sizes) cannot show a difference: both arms stay at AP 0 and predict no box.
 
