@@ -32,8 +32,9 @@
 # pre-training `pre_crop_s0`); it says so below.
 #
 # **Run time** on 2 CPU cores: with `runs/main`, 22 s (measured with `updetr-lite notebooks --only 03,04,05,06`, kernel start included, on a 2-core
-# machine with one other job on the second core); without it, one pre-training
-# and two fine-tunings (many minutes at the lite preset). **SMOKE** (tests: 20 + 16 steps at
+# machine with one other job on the second core); without it, 571 s (one pre-training and two
+# fine-tunings) on an untrained CNN (the kit's lite CNN is trained by `bash run.sh`; nothing is
+# downloaded), and then both arms stay at AP 0: run `bash run.sh` first to see detections. **SMOKE** (tests: 20 + 16 steps at
 # toy sizes) cannot show a difference: both arms stay at AP 0 and predict no box.
 
 # %% tags=["parameters"]
