@@ -176,12 +176,14 @@ def test_06_demo_localizes_with_the_shipped_checkpoint(shared):
     assert len(r["iou_training_patches"]) == 4
     assert r["iou_training_patches"] == pytest.approx(record["test_ious"][:4], abs=0.02)
     # held-out scenes (smoke: 2, 4 patches each): the recorded means are what the library
-    # computes for the shipped checkpoint on those scenes
+    # computes for the shipped checkpoint on those scenes (to float noise between thread
+    # counts, as the record above), and it localises there: well above one fixed box
     model, cfg = checkpoints.load_demo_model(checkpoints.SHIPPED_CHECKPOINT)
     held = localize.held_out_images(2)
     ious = localize.training_patches_check(model, cfg, held, per_image=4)
     fixed = localize.fixed_box_ious(held, per_image=4)
-    assert r["iou_held_out_mean"] == pytest.approx(sum(ious) / 8, abs=1e-4)
+    assert r["iou_held_out_mean"] == pytest.approx(sum(ious) / 8, abs=0.02)
+    assert r["iou_held_out_mean"] > r["iou_held_out_fixed_box_mean"] + 0.1
     assert r["iou_held_out_fixed_box_mean"] == pytest.approx(sum(fixed) / 8, abs=1e-6)
 
 
