@@ -84,6 +84,7 @@ def notebook_parameters(
     if run.kind == "lite_cnn":
         budget = LITE_BUDGET if p.scale == "lite" else SMOKE_BUDGET
         params.update({k: budget[k] for k in ("cnn_steps", "cnn_images", "cnn_batch")})
+        params["shipped"] = budget["cnn_shipped"]
     if run.kind == "localize":
         params["n_images"] = 100 if p.scale != "smoke" else 4
     if run.kind in ("localize", "report"):

@@ -9,6 +9,14 @@ images). This is a supervised stand-in for SwAV: a few minutes of self-supervise
 4.5-minute SimCLR CNN the class loss stayed at the constant-prediction value for 600-1200
 steps); the per-cell objective worked.
 
+The kit ships the weights this module trained (``updetr_lite/lite_cnn/``: ``cnn.pth``, its
+training log and ``record.json`` with the sha256, the budget and the probe), and the lite
+preset loads them: the lite plan's ``cnn`` run copies them into its folder
+(``install_shipped``) instead of training for ten minutes, and every lite number is made
+with the same CNN whatever the machine's thread count. ``python -m reproduce.lite_cnn --out
+DIR`` trains a new one (the lite budget, every core); ``--ship DIR --source TEXT`` puts it
+in the package.
+
 The weights are saved in torchvision's state-dict format (``conv1.weight``, ``bn1.*``,
 ``layer1..3.*``), so ``models.weights.load_cnn_weights`` loads them through
 ``model.backbone_weights``. ``probe`` shows the features are useful: k-NN accuracy on
@@ -17,9 +25,13 @@ object crops of the detection val split, against a random CNN of the same shape.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import hashlib
 import json
 import math
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -29,6 +41,7 @@ import torchvision
 from torch import nn
 
 from updetr_lite.data.images import IMAGENET_MEAN, IMAGENET_STD
+from updetr_lite.presets import LITE_CNN_DIR
 
 STRIDE = 16  # layer3 of a ResNet
 CNN_SEED_OFFSET = 1000  # the CNN's data seed = detection seed + this: a separate set
@@ -384,3 +397,106 @@ def build_lite_cnn(
         f"{result['random']:.3f}, chance {result['chance']:.3f})"
     )
     return summary
+
+
+# ----------------------------------------------------------------------------- the shipped CNN
+
+SHIPPED_FILES = ("cnn.pth", "log.jsonl")  # the weights and their training curve
+RECORD = "record.json"
+
+
+class ShippedCNNError(RuntimeError):
+    """The shipped lite CNN is missing or is not the file its record describes."""
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def ship(run_dir: str | Path, source: str, dest: str | Path = LITE_CNN_DIR) -> dict:
+    """Copy a finished lite-CNN run (``run_dir`` with cnn.pth, log.jsonl, summary.json) into
+    ``dest`` with ``record.json``: the sha256 and size of cnn.pth, the run's summary (training
+    and probe) and ``source``, a sentence saying which run made it, on what machine."""
+    run_dir, dest = Path(run_dir), Path(dest)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    params_file = run_dir / "parameters.json"
+    params = json.loads(params_file.read_text()) if params_file.exists() else {}
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SHIPPED_FILES:
+        shutil.copyfile(run_dir / name, dest / name)
+    record = {
+        "command": "python -m reproduce.lite_cnn --out DIR; python -m reproduce.lite_cnn "
+        "--ship DIR --source TEXT",
+        "source": source,
+        "sha256": file_sha256(dest / "cnn.pth"),
+        "file_bytes": (dest / "cnn.pth").stat().st_size,
+        "budget": {k: params[k] for k in ("cnn_steps", "cnn_images", "cnn_batch") if k in params}
+        or summary.get("budget", {}),
+        "summary": summary,
+    }
+    (dest / RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def install_shipped(out_dir: str | Path, src: str | Path = LITE_CNN_DIR) -> dict:
+    """The lite plan's ``cnn`` run: copy the shipped cnn.pth and its log into ``out_dir``
+    after checking the sha256 against its record, and write the record's ``summary.json``
+    and ``probe.json`` there (what the report reads). Returns the summary."""
+    src, out_dir = Path(src), Path(out_dir)
+    rec_file = src / RECORD
+    if not rec_file.is_file():
+        raise ShippedCNNError(f"{rec_file}: missing (the shipped lite CNN's record)")
+    record = json.loads(rec_file.read_text())
+    weights = src / "cnn.pth"
+    if not weights.is_file():
+        raise ShippedCNNError(f"{weights}: missing (the shipped lite CNN)")
+    got = file_sha256(weights)
+    if got != record["sha256"]:
+        raise ShippedCNNError(
+            f"{weights}: sha256 {got} is not the recorded {record['sha256']} ({rec_file}): "
+            "the file is damaged or was replaced without `python -m reproduce.lite_cnn --ship`"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in SHIPPED_FILES:
+        shutil.copyfile(src / name, out_dir / name)
+    summary = {**record["summary"], "shipped": {k: record[k] for k in ("source", "sha256")}}
+    (out_dir / "probe.json").write_text(json.dumps(summary["probe"], indent=1) + "\n")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def main(argv=None) -> int:
+    from updetr_lite.config import get_config
+
+    from .lite_plan import LITE_BUDGET
+
+    ap = argparse.ArgumentParser(
+        prog="python -m reproduce.lite_cnn",
+        description="Train the lite CNN with the lite budget (--out), or ship a trained one "
+        f"into {LITE_CNN_DIR} (--ship).",
+    )
+    ap.add_argument("--out", help="train into this folder (every core)")
+    ap.add_argument("--ship", metavar="DIR", help="copy a trained run folder into the package")
+    ap.add_argument("--source", default="", help="with --ship: which run made it, where")
+    args = ap.parse_args(argv)
+    if bool(args.out) == bool(args.ship):
+        ap.error("give one of --out DIR or --ship DIR")
+    if args.ship:
+        if not args.source:
+            ap.error("--ship needs --source TEXT (which run made the weights, on what machine)")
+        rec = ship(args.ship, args.source)
+        print(f"shipped {LITE_CNN_DIR / 'cnn.pth'} (sha256 {rec['sha256']})")
+        return 0
+    torch.set_num_threads(os.cpu_count() or 1)
+    b = LITE_BUDGET
+    params = {k: b[k] for k in ("cnn_steps", "cnn_images", "cnn_batch")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "parameters.json").write_text(json.dumps(params, indent=1) + "\n")
+    cfg = get_config("lite", ["model.backbone_weights=random"])
+    build_lite_cnn(cfg, out, b["cnn_steps"], b["cnn_images"], b["cnn_batch"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,14 +14,18 @@ from .plan import Plan, Row, Run, table4_rows
 # Step budgets of the lite scale (2-core CPU, cached features; see reproduce/README.md for
 # the measured timings these come from).
 LITE_BUDGET = {
-    "cnn_steps": 600,  # lite CNN: batch 32 of 128 px images, fp32 (model.cnn_bf16=False)
+    # the lite CNN: the plan copies the shipped one (updetr_lite/lite_cnn/), which
+    # `python -m reproduce.lite_cnn --out DIR` trained with these: batch 32 of 128 px
+    # images, fp32 (model.cnn_bf16=False)
+    "cnn_shipped": True,
+    "cnn_steps": 600,
     "cnn_images": 3000,  # its separate generated training set
     "cnn_batch": 32,
     "pretrain_steps": 1500,
     "finetune_steps": 800,
     "steps_per_epoch_ft": 1000 / 32,  # embedded_train / batch
 }
-SMOKE_BUDGET = {"cnn_steps": 3, "cnn_images": 16, "cnn_batch": 8}
+SMOKE_BUDGET = {"cnn_shipped": False, "cnn_steps": 3, "cnn_images": 16, "cnn_batch": 8}
 SEEDS = (0, 1, 2)
 ABLATION_SEEDS = (0, 1)  # Tables 3 and 4 (budget)
 

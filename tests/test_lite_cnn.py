@@ -2,7 +2,9 @@
 
 import json
 import math
+from pathlib import Path
 
+import pytest
 import torch
 import torchvision
 
@@ -149,3 +151,82 @@ def test_cnn_data_is_a_separate_set():
     d = lite_cnn.cnn_data_config(cfg, 3000)
     assert d.embedded_seed != cfg.data.embedded_seed
     assert d.embedded_train == 3000 and d.embedded_image_size == cfg.data.embedded_image_size
+
+
+# ----------------------------------------------------------------------------- the shipped CNN
+
+
+def test_shipped_cnn_is_the_recorded_file_and_the_lite_presets():
+    from reproduce.lite_plan import LITE_BUDGET
+    from updetr_lite.config import get_config
+    from updetr_lite.presets import LITE_CNN, LITE_CNN_DIR
+
+    record = json.loads((LITE_CNN_DIR / lite_cnn.RECORD).read_text())
+    assert LITE_CNN.stat().st_size == record["file_bytes"]
+    assert lite_cnn.file_sha256(LITE_CNN) == record["sha256"]
+    # trained with the budget the lite plan states
+    assert record["budget"] == {k: LITE_BUDGET[k] for k in ("cnn_steps", "cnn_images", "cnn_batch")}
+    assert record["summary"]["train"]["steps"] == LITE_BUDGET["cnn_steps"]
+    probe = record["summary"]["probe"]
+    assert probe["trained"] > probe["random"] + 0.3  # useful features, not a random CNN
+    # the lite preset loads it, every key of the backbone (load_cnn_weights fails otherwise)
+    cfg = get_config("lite")
+    assert cfg.model.backbone_weights == str(LITE_CNN)
+    bb = Backbone(cfg.model.backbone, cfg.model.backbone_layer, frozen_cnn=True)
+    load_cnn_weights(bb, cfg.model.backbone_weights)
+    # the same maps as torchvision's ResNet-18 holding the file, up to layer3
+    tv = torchvision.models.resnet18().eval()
+    missing = tv.load_state_dict(torch.load(LITE_CNN, weights_only=True), strict=False)
+    assert all(k.startswith(("layer4.", "fc.")) for k in missing.missing_keys)
+    assert not missing.unexpected_keys
+    trunk = torch.nn.Sequential(
+        tv.conv1, tv.bn1, tv.relu, tv.maxpool, tv.layer1, tv.layer2, tv.layer3
+    )
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, _ = bb(x, torch.zeros(2, 64, 64, dtype=torch.bool))
+        torch.testing.assert_close(got, trunk(x), rtol=1e-4, atol=1e-4)
+    # the smoke preset (the tests' runs) stays on a random CNN
+    assert get_config("smoke").model.backbone_weights is None
+
+
+def _fake_run(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True)
+    torch.save({"conv1.weight": torch.randn(4, 3, 3, 3)}, run_dir / "cnn.pth")
+    (run_dir / "log.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    probe = {"k": 5, "trained": 0.7, "random": 0.3}
+    (run_dir / "summary.json").write_text(json.dumps({"train": {"steps": 3}, "probe": probe}))
+    (run_dir / "parameters.json").write_text(
+        json.dumps({"cnn_steps": 3, "cnn_images": 16, "cnn_batch": 8})
+    )
+
+
+def test_ship_then_install_copies_the_weights_and_checks_them(tmp_path):
+    _fake_run(tmp_path / "run")
+    rec = lite_cnn.ship(tmp_path / "run", "a test run", dest=tmp_path / "pkg")
+    assert rec["budget"] == {"cnn_steps": 3, "cnn_images": 16, "cnn_batch": 8}
+    summary = lite_cnn.install_shipped(tmp_path / "cnn", src=tmp_path / "pkg")
+    for name in lite_cnn.SHIPPED_FILES:
+        assert (tmp_path / "cnn" / name).read_bytes() == (tmp_path / "run" / name).read_bytes()
+    # the report's probe.json is the record's probe; the summary says where the CNN came from
+    assert json.loads((tmp_path / "cnn" / "probe.json").read_text())["trained"] == 0.7
+    assert summary["shipped"] == {"source": "a test run", "sha256": rec["sha256"]}
+    # a damaged file is refused, naming it
+    raw = bytearray((tmp_path / "pkg" / "cnn.pth").read_bytes())
+    raw[-1] ^= 1
+    (tmp_path / "pkg" / "cnn.pth").write_bytes(bytes(raw))
+    with pytest.raises(lite_cnn.ShippedCNNError, match=r"pkg/cnn\.pth: sha256"):
+        lite_cnn.install_shipped(tmp_path / "again", src=tmp_path / "pkg")
+    (tmp_path / "pkg" / lite_cnn.RECORD).unlink()
+    with pytest.raises(lite_cnn.ShippedCNNError, match="record.json: missing"):
+        lite_cnn.install_shipped(tmp_path / "again", src=tmp_path / "pkg")
+
+
+def test_the_lite_plan_copies_the_shipped_cnn_and_smoke_trains_one(tmp_path):
+    from reproduce.execute import notebook_parameters
+    from reproduce.launch import Launch
+    from reproduce.plan import plan
+
+    for scale, shipped in (("lite", True), ("smoke", False)):
+        params = notebook_parameters(plan(scale), "cnn", tmp_path, [], Launch())
+        assert params["shipped"] is shipped

@@ -22,6 +22,12 @@
 # **separate** generated set (its own seed; never the detection train/val images). This is a
 # supervised stand-in for the paper's self-supervised SwAV CNN. A k-NN probe on object crops
 # of the val split, against a random CNN, shows the features are useful.
+#
+# At lite scale (`shipped = True`) the run does not train: it copies the CNN the kit ships
+# (`updetr_lite/lite_cnn/`, trained by this notebook's code with the same budget; its
+# `record.json` holds the sha256, checked here, and the probe) so that every lite number is
+# made with the same weights on every machine. `python -m reproduce.lite_cnn --out DIR`
+# trains a new one.
 
 # %% tags=["parameters"]
 # Parameters (papermill replaces this cell; the defaults run a toy example by hand)
@@ -36,6 +42,7 @@ threads = 1
 cnn_steps = 3
 cnn_images = 16
 cnn_batch = 8
+shipped = False  # copy the shipped lite CNN instead of training
 
 # %%
 import json
@@ -52,13 +59,17 @@ import os
 
 import torch
 
-from reproduce.lite_cnn import build_lite_cnn
+from reproduce.lite_cnn import build_lite_cnn, install_shipped
 from updetr_lite.config import get_config
 
-# nothing else runs while the CNN trains (every run needs it): use every core
-torch.set_num_threads(os.cpu_count() or 1)
-cfg = get_config(preset, overrides)
-summary = build_lite_cnn(cfg, run_dir, cnn_steps, cnn_images, cnn_batch)
+if shipped:
+    summary = install_shipped(run_dir)
+    print(f"the shipped lite CNN: {summary['shipped']['source']}")
+else:
+    # nothing else runs while the CNN trains (every run needs it): use every core
+    torch.set_num_threads(os.cpu_count() or 1)
+    cfg = get_config(preset, overrides)
+    summary = build_lite_cnn(cfg, run_dir, cnn_steps, cnn_images, cnn_batch)
 print(json.dumps(summary["probe"], indent=1))
 
 # %%

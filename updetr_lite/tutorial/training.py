@@ -50,8 +50,10 @@ def save_demo_checkpoint(model, cfg: Config, path, **extra) -> Path:
 # The shipped demo checkpoint's model: the lite sizes with the earlier lite transformer (no
 # encoder layers, positions in the decoder's values) and 'roi' patch features, which the demo
 # trainer pools from a few photos; the lite preset itself now runs the paper's transformer
-# and crop patch features (its runs are what `bash run.sh` writes)
+# and crop patch features (its runs are what `bash run.sh` writes). Its CNN is random: the
+# demo learns to find patches from the CNN's maps of the photos, whatever the CNN
 DEMO_MODEL = (
+    "model.backbone_weights=random",
     "model.enc_layers=0",
     "model.pos_in_values=True",
     "model.enc_layer_scale=0.0",
