@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from pathlib import Path
 
 import matplotlib
@@ -530,6 +531,53 @@ def test_notebook_html_rendering_and_environment(tmp_path):
     assert "MPLBACKEND" not in notebooks.notebook_env(ROOT, tmp_path / "c", agg=False)
     with pytest.raises(FileNotFoundError, match="notebook not found"):
         notebooks.execute_notebook(ROOT / "notebooks", "99_missing", tmp_path)
+
+
+def test_notebook_html_figures_get_alt_text_from_the_narrative(tmp_path):
+    import base64
+    import io
+
+    import matplotlib.pyplot as plt
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    from updetr_lite.tutorial import notebooks
+
+    fig = plt.figure(figsize=(1, 1))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    png = base64.b64encode(buf.getvalue()).decode()
+
+    def image():
+        return new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})
+
+    two, one = new_code_cell("show()"), new_code_cell("show()")
+    two.outputs, one.outputs = [image(), image()], [image()]
+    html_only = new_code_cell("table()")
+    html_only.outputs = [
+        new_output("display_data", data={"text/html": "<b>t</b>", "image/png": png})
+    ]
+    nb = new_notebook(
+        cells=[
+            new_markdown_cell("# Query patches\n\nIntro."),
+            new_markdown_cell("## Loss\nThe **loss** curve falls. Then more words."),
+            two,
+            html_only,
+            new_markdown_cell("Boxes of [the patches](x.md) drawn: red"),
+            one,
+        ]
+    )
+    path = tmp_path / "figs.ipynb"
+    nbformat.write(nb, path)
+    page = notebooks.to_html(path, tmp_path / "html").read_text()
+    alts = re.findall(r'<img[^>]*alt="([^"]*)"', page)
+    assert alts == [
+        "Query patches: Loss: The loss curve falls. (picture 1 of 2)",
+        "Query patches: Loss: The loss curve falls. (picture 2 of 2)",
+        "Query patches: Boxes of the patches drawn:",
+    ]
+    assert notebooks.NO_ALT not in page
 
 
 def test_training_patch_boxes_inside_the_image_and_seeded():

@@ -65,6 +65,10 @@ from updetr_lite.config import get_config
 if shipped:
     summary = install_shipped(run_dir)
     print(f"the shipped lite CNN: {summary['shipped']['source']}")
+    # the runs after this one start two at a time: build their embedded data once, here
+    from updetr_lite.data.embedded import build_embedded
+
+    build_embedded(get_config(preset, overrides).data)
 else:
     # nothing else runs while the CNN trains (every run needs it): use every core
     torch.set_num_threads(os.cpu_count() or 1)

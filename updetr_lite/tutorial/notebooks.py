@@ -10,6 +10,7 @@ their ``RESULTS_DIR`` parameter.
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -131,8 +132,53 @@ def execute_notebook(
     return dest
 
 
+IMAGE_TYPES = ("image/png", "image/jpeg")
+NO_ALT = "No description has been provided for this image"  # nbconvert's placeholder
+
+
+def _plain(text: str) -> str:
+    """Markdown to plain text: links to their words, no emphasis, code or math marks."""
+    return re.sub(r"[*_`]|\$", "", re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", text)).strip()
+
+
+def _first_sentence(markdown: str, limit: int = 200) -> str:
+    """A markdown cell in a line: its heading (if it starts with one) and its first sentence."""
+    lines = [line.strip() for line in markdown.splitlines() if line.strip()]
+    heading = _plain(lines.pop(0).lstrip("#")) if lines and lines[0].startswith("#") else ""
+    text = _plain(" ".join(lines))
+    end = re.search(r"(?<=[.:!?])\s", text)
+    text = text[: end.start()] if end else text
+    text = f"{heading}: {text}" if heading and text else heading or text
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+
+
+def figure_descriptions(nb) -> list[str]:
+    """One alt text per image output of ``nb``, in page order: the figure's notebook
+    heading and the first sentence of the markdown cell that introduces it (the notebooks
+    narrate each picture just before the cell that draws it)."""
+    title, said, alts = "", "", []
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            if not title:  # the notebook's own heading
+                title = _plain(cell.source.strip().split("\n", 1)[0].lstrip("#"))
+            said = _first_sentence(cell.source)
+        elif cell.cell_type == "code":
+            # an image shows unless a richer type of the same output wins (display priority)
+            n = sum(
+                any(t in out.get("data", {}) for t in IMAGE_TYPES)
+                and not any(t in out.get("data", {}) for t in ("text/html", "image/svg+xml"))
+                for out in cell.get("outputs", [])
+            )
+            for i in range(n):
+                part = f" (picture {i + 1} of {n})" if n > 1 else ""
+                alts.append(f"{title}: {said or 'figure'}{part}")
+    return alts
+
+
 def to_html(executed: Path, html_dir) -> Path:
-    """Render an executed notebook as a standalone HTML file (nbconvert)."""
+    """Render an executed notebook as a standalone HTML file (nbconvert), each figure with
+    an alt text from the narrative (``figure_descriptions``)."""
+    import html as html_lib
     import logging
 
     import nbformat
@@ -140,11 +186,18 @@ def to_html(executed: Path, html_dir) -> Path:
 
     html_dir = Path(html_dir)
     html_dir.mkdir(parents=True, exist_ok=True)
-    # nbconvert's templates cannot carry alt text for figures; it fills in a placeholder and
-    # warns "Alternative text is missing" once per page: errors only from this exporter
+    nb = nbformat.read(executed, as_version=4)
+    # nbconvert's lab template cannot carry alt text: it writes a placeholder (and warns
+    # once per page, hence errors only from this exporter), replaced here in page order
     quiet = logging.getLogger("updetr_lite.nbconvert")
     quiet.setLevel(logging.ERROR)
-    body, _ = HTMLExporter(log=quiet).from_notebook_node(nbformat.read(executed, as_version=4))
+    body, _ = HTMLExporter(log=quiet).from_notebook_node(nb)
+    alts = iter(figure_descriptions(nb))
+    body = re.sub(
+        f'alt="{NO_ALT}"',
+        lambda m: f'alt="{html_lib.escape(next(alts, "figure"), quote=True)}"',
+        body,
+    )
     dest = html_dir / (Path(executed).stem + ".html")
     dest.write_text(body, encoding="utf-8")
     return dest
