@@ -29,10 +29,10 @@
 # `pre_nomask_s0` (without), 1500 steps each; it says so below.
 #
 # **Run time** on 2 CPU cores: with `runs/main`, 7 s (measured with `updetr-lite notebooks --only 03,04,05,06`, kernel start included, on a 2-core
-# machine with one other job on the second core); without it, 442 s (the embedded data, its
-# feature caches and the two `STEPS`-step runs), and the CNN is then untrained (the kit's lite
-# CNN is trained by `bash run.sh`; nothing is downloaded), so the boxes mean little. **SMOKE** (tests: 30 steps at toy
-# sizes) cannot show Figure 6's difference: its two curves nearly coincide.
+# machine with one other job on the second core); without it, 652 s (the embedded data, its
+# feature caches and the two `STEPS`-step runs, on the lite CNN that ships with the kit), measured the
+# same way from a fresh clone. **SMOKE** (tests: 30 steps at toy sizes) cannot show Figure 6's
+# difference: its two curves nearly coincide.
 
 # %% tags=["parameters"]
 SMOKE = False

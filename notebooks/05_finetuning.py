@@ -32,10 +32,13 @@
 # pre-training `pre_crop_s0`); it says so below.
 #
 # **Run time** on 2 CPU cores: with `runs/main`, 22 s (measured with `updetr-lite notebooks --only 03,04,05,06`, kernel start included, on a 2-core
-# machine with one other job on the second core); without it, 571 s (one pre-training and two
-# fine-tunings) on an untrained CNN (the kit's lite CNN is trained by `bash run.sh`; nothing is
-# downloaded), and then both arms stay at AP 0: run `bash run.sh` first to see detections. **SMOKE** (tests: 20 + 16 steps at
-# toy sizes) cannot show a difference: both arms stay at AP 0 and predict no box.
+# machine with one other job on the second core); without it, 872 s measured the same way from
+# a fresh clone (the embedded data, its feature caches, one pre-training and two fine-tunings on
+# the lite CNN that ships with the kit). That run ended at AP50 12.3 % from scratch and 15.2 %
+# from UP-DETR (one seed; the main job's three seeds per arm are what say whether the gap is
+# real), with boxes on the objects, several per object (DETR does no NMS, and 600 steps have
+# not taught it to keep one). **SMOKE** (tests: 20 + 16 steps at toy sizes) cannot show a
+# difference: both arms stay at AP 0 and predict no box.
 
 # %% tags=["parameters"]
 SMOKE = False
