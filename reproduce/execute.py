@@ -26,7 +26,7 @@ from pathlib import Path
 from updetr_lite.config import RANDOM_CNN, get_config
 
 from .launch import Launch, child_env
-from .lite_plan import LITE_BUDGET, SMOKE_BUDGET
+from .lite_plan import CNN_BUDGET_KEYS, LITE_BUDGET, SMOKE_BUDGET
 from .plan import Plan, ReproduceError, check_paper_inputs, plan, run_config, run_overrides
 from .records import (
     NODE0_KINDS,
@@ -83,7 +83,7 @@ def notebook_parameters(
         )
     if run.kind == "lite_cnn":
         budget = LITE_BUDGET if p.scale == "lite" else SMOKE_BUDGET
-        params.update({k: budget[k] for k in ("cnn_steps", "cnn_images", "cnn_batch")})
+        params.update({k: budget[k] for k in CNN_BUDGET_KEYS})
         params["shipped"] = budget["cnn_shipped"]
     if run.kind == "localize":
         params["n_images"] = 100 if p.scale != "smoke" else 4

@@ -417,6 +417,8 @@ def ship(run_dir: str | Path, source: str, dest: str | Path = LITE_CNN_DIR) -> d
     """Copy a finished lite-CNN run (``run_dir`` with cnn.pth, log.jsonl, summary.json) into
     ``dest`` with ``record.json``: the sha256 and size of cnn.pth, the run's summary (training
     and probe) and ``source``, a sentence saying which run made it, on what machine."""
+    from .lite_plan import CNN_BUDGET_KEYS
+
     run_dir, dest = Path(run_dir), Path(dest)
     summary = json.loads((run_dir / "summary.json").read_text())
     params_file = run_dir / "parameters.json"
@@ -430,8 +432,7 @@ def ship(run_dir: str | Path, source: str, dest: str | Path = LITE_CNN_DIR) -> d
         "source": source,
         "sha256": file_sha256(dest / "cnn.pth"),
         "file_bytes": (dest / "cnn.pth").stat().st_size,
-        "budget": {k: params[k] for k in ("cnn_steps", "cnn_images", "cnn_batch") if k in params}
-        or summary.get("budget", {}),
+        "budget": {k: params[k] for k in CNN_BUDGET_KEYS if k in params},
         "summary": summary,
     }
     (dest / RECORD).write_text(json.dumps(record, indent=1) + "\n")
@@ -468,7 +469,7 @@ def install_shipped(out_dir: str | Path, src: str | Path = LITE_CNN_DIR) -> dict
 def main(argv=None) -> int:
     from updetr_lite.config import get_config
 
-    from .lite_plan import LITE_BUDGET
+    from .lite_plan import CNN_BUDGET_KEYS, LITE_BUDGET
 
     ap = argparse.ArgumentParser(
         prog="python -m reproduce.lite_cnn",
@@ -489,7 +490,7 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(os.cpu_count() or 1)
     b = LITE_BUDGET
-    params = {k: b[k] for k in ("cnn_steps", "cnn_images", "cnn_batch")}
+    params = {k: b[k] for k in CNN_BUDGET_KEYS}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "parameters.json").write_text(json.dumps(params, indent=1) + "\n")

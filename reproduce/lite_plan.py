@@ -25,6 +25,7 @@ LITE_BUDGET = {
     "finetune_steps": 800,
     "steps_per_epoch_ft": 1000 / 32,  # embedded_train / batch
 }
+CNN_BUDGET_KEYS = ("cnn_steps", "cnn_images", "cnn_batch")  # what a lite-CNN run is given
 SMOKE_BUDGET = {"cnn_shipped": False, "cnn_steps": 3, "cnn_images": 16, "cnn_batch": 8}
 SEEDS = (0, 1, 2)
 ABLATION_SEEDS = (0, 1)  # Tables 3 and 4 (budget)

@@ -194,7 +194,7 @@ def to_html(executed: Path, html_dir) -> Path:
     body, _ = HTMLExporter(log=quiet).from_notebook_node(nb)
     alts = iter(figure_descriptions(nb))
     body = re.sub(
-        f'alt="{NO_ALT}"',
+        re.escape(f'alt="{NO_ALT}"'),
         lambda m: f'alt="{html_lib.escape(next(alts, "figure"), quote=True)}"',
         body,
     )
