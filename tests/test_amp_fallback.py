@@ -2,6 +2,9 @@
 to fp32 with one printed line (the capability is monkeypatched away here)."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -26,6 +29,7 @@ def test_amp_refused_without_bf16_one_line(avx2_only, capsys):
 
 def test_amp_kept_with_bf16(monkeypatch, capsys):
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert fastpath.amp_enabled(True, "cpu", "pretrain.amp") is True
     assert capsys.readouterr().out == ""
 
@@ -51,3 +55,16 @@ def test_pretraining_with_amp_on_avx2_cpu_runs_fp32(avx2_only, tmp_path, capsys)
     fallback = _losses(tmp_path, "amp", True)
     assert "pretrain.amp=True ignored" in capsys.readouterr().out
     assert fallback == fp32  # exactly the fp32 run: autocast never switched on
+
+
+def test_kernels_capped_at_avx2_mean_no_bf16():
+    """A CPU with AVX-512 BF16 whose torch is capped at AVX2 (as the lite runs were rerun, to
+    stand in for a CPU without AVX-512) runs bf16 as slowly as such a CPU: amp must fall back."""
+    code = (
+        "import torch; from updetr_lite import fastpath; "
+        "print(torch.backends.cpu.get_cpu_capability(), fastpath.bf16_supported('cpu'))"
+    )
+    env = dict(os.environ, ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["AVX2", "False"]

@@ -37,10 +37,14 @@ _BATCH_NORMS = (FrozenBatchNorm2d, nn.BatchNorm2d)
 
 
 def bf16_supported(device: torch.device | str) -> bool:
-    """True where bf16 autocast is fast: CUDA with bf16, or a CPU with AVX-512 BF16 / AMX."""
+    """True where bf16 autocast is fast: CUDA with bf16, or a CPU with AVX-512 BF16 / AMX
+    whose AVX-512 kernels torch runs. ``ATEN_CPU_CAPABILITY=avx2`` (with ``ONEDNN_MAX_CPU_ISA=AVX2``)
+    caps torch at what a CPU without AVX-512 runs, and then bf16 is as slow as there."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
+    if torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return False
     cpu = torch.cpu
     return bool(
         getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
