@@ -3,9 +3,11 @@
 import json
 
 import pytest
+import torch
 
 from updetr_lite.bench import cpu_model
 from updetr_lite.cli import main
+from updetr_lite.fastpath import bf16_supported
 
 
 def test_bench_smoke_json(tmp_path, capsys):
@@ -17,6 +19,8 @@ def test_bench_smoke_json(tmp_path, capsys):
     assert r["preset"] == "smoke" and r["device"] == "cpu" and r["batch"] == 2
     assert r["hardware"]["cpu"] == cpu_model() and r["hardware"]["cpu"]
     assert r["hardware"]["torch_threads"] >= 1 and r["hardware"]["gpu"] is None
+    assert r["hardware"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert r["hardware"]["fast_bf16"] == bf16_supported("cpu")
     for section, key in [
         ("pretext", "s_per_image"),
         ("pretext", "images_per_s"),

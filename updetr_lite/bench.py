@@ -44,6 +44,7 @@ import torch
 
 from .bench_steps import _median, _sync, bench_finetune, bench_pretext, random_boxes
 from .config import Config
+from .fastpath import bf16_supported
 
 
 def cpu_model() -> str:
@@ -63,6 +64,10 @@ def hardware(device: torch.device) -> dict:
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        # the vector kernels torch runs (AVX512, AVX2, ...; ATEN_CPU_CAPABILITY caps them) and
+        # whether bf16 is fast: the figures differ by both
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "fast_bf16": bf16_supported(device),
         "gpu": None,
         "torch": torch.__version__,
         "python": platform.python_version(),
