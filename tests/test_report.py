@@ -258,6 +258,22 @@ def test_export_results_copies_small_files(runs_root, tmp_path):
     assert "| a0 | done | – | 12 |" in runs and "| c0 | failed |" in runs
 
 
+def test_export_command_writes_results_and_refuses_a_folder_without_report(
+    runs_root, tmp_path, capsys
+):
+    from reproduce.report.__main__ import main
+
+    assert main([str(runs_root), str(tmp_path / "none")]) == 2
+    assert "report/report.md: missing" in capsys.readouterr().err
+    assert not (tmp_path / "none").exists()
+    report.build_report(small_plan(), runs_root, runs_root / "report")
+    assert main([str(runs_root), str(tmp_path / "results")]) == 0
+    assert (tmp_path / "results" / "report.md").read_text() == (
+        runs_root / "report" / "report.md"
+    ).read_text()
+    assert (tmp_path / "results" / "runs.md").is_file()
+
+
 # ----------------------------------------------------------------------------- the paper's pairs
 
 # final (AP, AP50) in percent of each paper-scale fine-tuning, made up for the test
