@@ -33,9 +33,9 @@ TABLES = {
 }
 
 
-# README block -> the tables it renders: the lite results, and the same runs made again with
-# torch's kernels capped at AVX2 (what a CPU without AVX-512 runs)
-BLOCKS = {"lite": tuple(TABLES), "lite_avx2": tuple(TABLES)}
+# the README's blocks, each rendered from reproduce/results/<block>/: the lite results, and the
+# same runs made again with torch's kernels capped at AVX2 (what a CPU without AVX-512 runs)
+BLOCKS = ("lite", "lite_avx2")
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -137,11 +137,10 @@ def report_lines(path: Path, prefixes: tuple[str, ...] = PREFIXES) -> list[str]:
     return found
 
 
-def render(results: Path = RESULTS, tables: tuple[str, ...] = tuple(TABLES)) -> str:
+def render(results: Path = RESULTS) -> str:
     """The whole block between the markers (markers excluded)."""
     parts = []
-    for table in tables:
-        title, key, extra = TABLES[table]
+    for table, (title, key, extra) in TABLES.items():
         rows = read_table(results / f"{table}.csv")
         parts.append(f"**{title}** (`{table}.csv`)\n\n{render_table(rows, key, extra)}")
     lines = "\n".join(report_lines(results / "report.md"))
@@ -163,9 +162,8 @@ def splice(readme_text: str, block: str, name: str = "README.md", results: str =
 
 def render_all(readme_text: str, root: Path = RESULTS_ROOT, name: str = "README.md") -> str:
     """``readme_text`` with every block of `BLOCKS` rendered from ``root``/<block>/."""
-    for results, tables in BLOCKS.items():
-        block = render(root / results, tables)
-        readme_text = splice(readme_text, block, name, results)
+    for results in BLOCKS:
+        readme_text = splice(readme_text, render(root / results), name, results)
     return readme_text
 
 
@@ -179,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         if not (args.write or args.check):
-            for results, tables in BLOCKS.items():
-                print(f"{results}:\n{render(args.results / results, tables)}\n")
+            for results in BLOCKS:
+                print(f"{results}:\n{render(args.results / results)}\n")
             return 0
         old = args.readme.read_text()
         new = render_all(old, args.results, str(args.readme))
