@@ -33,7 +33,7 @@ def smoke(tmp_path_factory):
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=400,
+        timeout=900,  # a hang guard: about 5 minutes on 2 quiet cores
     )
     return out, proc, time.monotonic() - t0
 
