@@ -80,7 +80,8 @@ def pairings(a: list[float], b: list[float]) -> str:
         return "–"
     higher = sum(x > y for x in a for y in b)
     lower = sum(x < y for x in a for y in b)
-    return f"higher {higher}, lower {lower} of {n}"
+    equal = f", equal {n - higher - lower}" if higher + lower < n else ""
+    return f"higher {higher}, lower {lower}{equal} of {n}"
 
 
 def margin(a: list[float], b: list[float]) -> str:

@@ -30,7 +30,8 @@ def test_pairings_count_against_brute_force():
     higher = sum(1 for x in a for y in b if x > y)
     assert higher == 3
     assert rn.pairings(a, b) == "higher 3, lower 1 of 4"
-    assert rn.pairings([1.0], [1.0]) == "higher 0, lower 0 of 1"
+    assert rn.pairings([1.0], [1.0]) == "higher 0, lower 0, equal 1 of 1"
+    assert rn.pairings([6.5, 6.9], [6.5, 4.7]) == "higher 3, lower 0, equal 1 of 4"
     assert rn.pairings([], [1.0]) == "–"
 
 

@@ -155,6 +155,18 @@ def test_compare_needs_two_seeds(runs_root):
     assert "equal in 2 of 4 seed pairings: not a clear" in report.compare(arms[1], same, "AP")
 
 
+def test_compare_counts_pairings_at_the_precision_the_tables_show(runs_root):
+    """6.54 against 6.51 is shown as 6.5 against 6.5 and counted equal (the README's block
+    counts from the tables' 0.1 too), not as a win hidden in the second decimal."""
+    _, arms = report.build_table(small_plan(), "table1", runs_root)
+    runs = arms[0].runs
+    a = report.ArmResult("a", runs, [{"AP": 6.54}, {"AP": 7.0}], None)
+    b = report.ArmResult("b", runs, [{"AP": 6.51}, {"AP": 5.0}], None)
+    assert a.values("AP") == [6.54, 7.0]  # the metric as stored, in %
+    text = report.compare(a, b, "AP")
+    assert "higher in 3, lower in 0, equal in 1 of 4 seed pairings" in text, text
+
+
 def test_build_report_writes_everything(runs_root, tmp_path):
     out = tmp_path / "rep"
     res = report.build_report(small_plan(), runs_root, out)

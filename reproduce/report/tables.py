@@ -115,9 +115,11 @@ def compare(a: ArmResult, b: ArmResult, key: str) -> str:
         return text + f"; SHORTENED runs ({', '.join(short)}): not the plan's result."
     if len(va) < 2 or len(vb) < 2:
         return text + f"; {len(va)} vs {len(vb)} seed(s): too few to conclude."
-    # every pairing of seeds: how often a beats b
-    wins = sum(x > y for x in va for y in vb)
-    losses = sum(x < y for x in va for y in vb)
+    # every pairing of seeds: how often a beats b, at the 0.1 the tables show (as the README's
+    # block counts them from the tables), so that a pair shown equal is counted equal
+    ra, rb = [round(x, 1) for x in va], [round(x, 1) for x in vb]
+    wins = sum(x > y for x in ra for y in rb)
+    losses = sum(x < y for x in ra for y in rb)
     pairs = len(va) * len(vb)
     if wins == pairs:
         verdict = f"higher in all {pairs} seed pairings"
