@@ -19,6 +19,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from .report.tables import pairing_counts
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_ROOT = ROOT / "reproduce" / "results"
 RESULTS = RESULTS_ROOT / "lite"
@@ -75,11 +77,9 @@ def seeds(cell: str) -> list[float]:
 
 def pairings(a: list[float], b: list[float]) -> str:
     """How many of the len(a) * len(b) seed pairings put a above b."""
-    n = len(a) * len(b)
+    higher, lower, n = pairing_counts(a, b)
     if n == 0:
         return "–"
-    higher = sum(x > y for x in a for y in b)
-    lower = sum(x < y for x in a for y in b)
     equal = f", equal {n - higher - lower}" if higher + lower < n else ""
     return f"higher {higher}, lower {lower}{equal} of {n}"
 

@@ -15,30 +15,21 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from updetr_lite.data.build import build_detection_datasets
-from updetr_lite.data.collate import collate_detection
-from updetr_lite.engine.evaluate import coco_metrics, postprocess, to_coco_results
-from updetr_lite.engine.loading import load_model
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a file: the checkout
+
+from reproduce import report  # noqa: E402
+from updetr_lite.data.build import build_detection_datasets  # noqa: E402
+from updetr_lite.data.collate import collate_detection  # noqa: E402
+from updetr_lite.engine.evaluate import coco_metrics, detections  # noqa: E402
+from updetr_lite.engine.loading import load_model  # noqa: E402
 
 LITE_VAL = 300
-
-
-@torch.no_grad()
-def detections(model, val, batch: int = 32) -> dict[int, list[dict]]:
-    """image id -> COCO result dicts of ``model`` on every image of ``val``."""
-    loader = DataLoader(val, batch_size=batch, shuffle=False, collate_fn=collate_detection)
-    out = {}
-    for images, mask, targets in loader:
-        outputs = model(images, mask)
-        orig = torch.stack([t["orig_size"] for t in targets])
-        for t, det in zip(targets, postprocess(outputs, orig)):
-            out[int(t["image_id"])] = to_coco_results(int(t["image_id"]), det)
-    return out
 
 
 def chunk_ap50(coco, dets: dict[int, list[dict]], ids: list[int]) -> float:
@@ -59,7 +50,9 @@ def main() -> None:
         model, cfg = load_model(ckpt, "detection", "cpu", "lite", [f"data.embedded_val={args.val}"])
         _, val = build_detection_datasets(cfg)
         ids = sorted(val.coco.getImgIds())
-        dets = detections(model.eval(), val)
+        loader = DataLoader(val, batch_size=32, shuffle=False, collate_fn=collate_detection)
+        with torch.no_grad():
+            dets = detections(model.eval(), loader, torch.device("cpu"))
         chunks = [ids[i : i + LITE_VAL] for i in range(LITE_VAL, len(ids), LITE_VAL)]
         per_chunk = [chunk_ap50(val.coco, dets, c) for c in chunks]
         rec = {
@@ -68,8 +61,9 @@ def main() -> None:
             "chunk_sd": statistics.stdev(per_chunk),
             "further": chunk_ap50(val.coco, dets, ids[LITE_VAL:]),
         }
-        logged = [json.loads(x) for x in (args.runs_root / name / "log.jsonl").open()]
-        rec["logged_last"] = 100 * [r for r in logged if r.get("type") == "eval"][-1]["AP50"]
+        rec["logged_last"] = report.final_metrics(report.load_run(args.runs_root, name))[
+            "AP50"
+        ]  # %
         results[name] = rec
         print(
             f"{name}: AP50 lite val {rec['lite_val']:.1f} (logged {rec['logged_last']:.1f}); "

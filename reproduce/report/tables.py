@@ -99,6 +99,16 @@ def paper_gain(a: ArmResult, b: ArmResult, key: str) -> float | None:
     return round(a.paper[key] - b.paper[key], 1)
 
 
+def pairing_counts(a: list[float], b: list[float]) -> tuple[int, int, int]:
+    """(higher, lower, all) of the len(a) * len(b) seed pairings of a against b, compared at
+    the 0.1 the tables show, so that a pair shown equal is counted equal (the README's block
+    counts from the tables with this too)."""
+    ra, rb = [round(x, 1) for x in a], [round(x, 1) for x in b]
+    higher = sum(x > y for x in ra for y in rb)
+    lower = sum(x < y for x in ra for y in rb)
+    return higher, lower, len(a) * len(b)
+
+
 def compare(a: ArmResult, b: ArmResult, key: str) -> str:
     """A sentence comparing arm ``a`` with arm ``b`` on ``key``, seed by seed, with the
     paper's gain for the same pair. A conclusion is drawn only with at least two seeds on
@@ -115,12 +125,7 @@ def compare(a: ArmResult, b: ArmResult, key: str) -> str:
         return text + f"; SHORTENED runs ({', '.join(short)}): not the plan's result."
     if len(va) < 2 or len(vb) < 2:
         return text + f"; {len(va)} vs {len(vb)} seed(s): too few to conclude."
-    # every pairing of seeds: how often a beats b, at the 0.1 the tables show (as the README's
-    # block counts them from the tables), so that a pair shown equal is counted equal
-    ra, rb = [round(x, 1) for x in va], [round(x, 1) for x in vb]
-    wins = sum(x > y for x in ra for y in rb)
-    losses = sum(x < y for x in ra for y in rb)
-    pairs = len(va) * len(vb)
+    wins, losses, pairs = pairing_counts(va, vb)
     if wins == pairs:
         verdict = f"higher in all {pairs} seed pairings"
     elif losses == pairs:

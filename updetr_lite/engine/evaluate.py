@@ -62,6 +62,26 @@ def coco_metrics(coco_gt, results: list[dict], img_ids: list[int]) -> dict[str, 
 
 
 @torch.no_grad()
+def detections(model, loader, device: torch.device) -> dict[int, list[dict]]:
+    """image id -> COCO result dicts of ``model`` on every image of ``loader`` (as
+    `evaluate`'s); refuses NaN or inf boxes and scores with an `EvaluationError`."""
+    per_image: dict[int, list[dict]] = {}
+    for inputs, mask, targets in loader:
+        outputs = model(inputs.to(device), mask.to(device))
+        orig = torch.stack([t["orig_size"] for t in targets]).to(device)
+        for t, det in zip(targets, postprocess(outputs, orig)):
+            det = {k: v.cpu() for k, v in det.items()}
+            if not (torch.isfinite(det["boxes"]).all() and torch.isfinite(det["scores"]).all()):
+                # COCOeval would score NaN boxes (IoU comparisons with NaN are not False)
+                raise EvaluationError(
+                    f"the model predicts NaN or inf boxes or scores (image id "
+                    f"{int(t['image_id'])}): its weights or inputs are not finite; no AP computed"
+                )
+            per_image[int(t["image_id"])] = to_coco_results(int(t["image_id"]), det)
+    return per_image
+
+
+@torch.no_grad()
 def evaluate(model, loader, coco_gt, device: torch.device | str | None = None) -> dict[str, float]:
     """AP metrics of ``model`` on ``loader``'s images against ``coco_gt`` (pycocotools COCO).
 
@@ -76,19 +96,7 @@ def evaluate(model, loader, coco_gt, device: torch.device | str | None = None) -
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    per_image: dict[int, list[dict]] = {}
-    for inputs, mask, targets in loader:
-        outputs = model(inputs.to(device), mask.to(device))
-        orig = torch.stack([t["orig_size"] for t in targets]).to(device)
-        for t, det in zip(targets, postprocess(outputs, orig)):
-            det = {k: v.cpu() for k, v in det.items()}
-            if not (torch.isfinite(det["boxes"]).all() and torch.isfinite(det["scores"]).all()):
-                # COCOeval would score NaN boxes (IoU comparisons with NaN are not False)
-                raise EvaluationError(
-                    f"the model predicts NaN or inf boxes or scores (image id "
-                    f"{int(t['image_id'])}): its weights or inputs are not finite; no AP computed"
-                )
-            per_image[int(t["image_id"])] = to_coco_results(int(t["image_id"]), det)
+    per_image = detections(model, loader, device)
     model.train(was_training)
     gathered = du.all_gather_object(per_image)
     metrics = None
