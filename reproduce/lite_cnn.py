@@ -50,21 +50,17 @@ CNN_SEED_OFFSET = 1000  # the CNN's data seed = detection seed + this: a separat
 # ----------------------------------------------------------------------------- labels
 
 
-def cell_labels(
-    boxes_xywh: list[list[float]],
-    categories: list[int],
-    height: int,
-    width: int,
-    stride: int = STRIDE,
+def cell_assignment(
+    boxes_xywh: list[list[float]], height: int, width: int, stride: int = STRIDE
 ) -> torch.Tensor:
-    """Dense class labels [ceil(H/stride), ceil(W/stride)] int64: each cell takes the class of
-    the smallest box (COCO ``xywh`` pixels) that contains the cell's centre or whose own centre
-    lies in the cell (so an object smaller than a cell still labels one), 0 where none does
-    (small objects drawn over big ones win, as occluders do)."""
+    """Which box each cell of the [ceil(H/stride), ceil(W/stride)] grid belongs to (int64,
+    -1 for none): the smallest box (COCO ``xywh`` pixels) that contains the cell's centre or
+    whose own centre lies in the cell (so an object smaller than a cell still owns one; small
+    objects drawn over big ones win, as occluders do)."""
     gh, gw = math.ceil(height / stride), math.ceil(width / stride)
-    labels = torch.zeros(gh, gw, dtype=torch.int64)
+    owner = torch.full((gh, gw), -1, dtype=torch.int64)
     if not boxes_xywh:
-        return labels
+        return owner
     cy = (torch.arange(gh, dtype=torch.float32) + 0.5) * stride
     cx = (torch.arange(gw, dtype=torch.float32) + 0.5) * stride
     area = torch.full((gh, gw), math.inf)
@@ -77,9 +73,40 @@ def cell_labels(
         if 0 <= ci < gh and 0 <= cj < gw:
             inside[ci, cj] = True
         smaller = inside & (w * h <= area)
-        labels[smaller] = int(categories[i])
+        owner[smaller] = i
         area[smaller] = w * h
-    return labels
+    return owner
+
+
+def cell_labels(
+    boxes_xywh: list[list[float]],
+    categories: list[int],
+    height: int,
+    width: int,
+    stride: int = STRIDE,
+) -> torch.Tensor:
+    """Dense class labels [ceil(H/stride), ceil(W/stride)] int64: each cell takes the class of
+    the box ``cell_assignment`` gives it, 0 where none."""
+    owner = cell_assignment(boxes_xywh, height, width, stride)
+    cats = torch.tensor([0] + [int(c) for c in categories], dtype=torch.int64)
+    return cats[owner + 1]
+
+
+def cell_box_targets(
+    boxes_xywh: list[list[float]], height: int, width: int, stride: int = STRIDE
+) -> torch.Tensor:
+    """Dense box targets [4, ceil(H/stride), ceil(W/stride)] float32: for a cell that a box
+    owns (``cell_assignment``), the distances (left, top, right, bottom) from the cell's
+    centre to that box's edges in units of ``stride`` (negative where the centre lies outside
+    a box smaller than a cell); NaN where no box owns the cell. They make the CNN encode
+    where inside a cell an object's edges lie, which per-cell classes alone do not."""
+    owner = cell_assignment(boxes_xywh, height, width, stride)
+    gh, gw = owner.shape
+    cy = ((torch.arange(gh, dtype=torch.float32) + 0.5) * stride)[:, None].expand(gh, gw)
+    cx = ((torch.arange(gw, dtype=torch.float32) + 0.5) * stride)[None, :].expand(gh, gw)
+    b = torch.tensor([[math.nan] * 4] + [list(map(float, bb)) for bb in boxes_xywh])[owner + 1]
+    x, y, w, h = b.unbind(-1)
+    return torch.stack((cx - x, cy - y, x + w - cx, y + h - cy)) / stride
 
 
 def load_coco_split(images_dir: str | Path, ann_file: str | Path):
@@ -106,9 +133,16 @@ def load_coco_split(images_dir: str | Path, ann_file: str | Path):
 
 
 class DenseCNN(nn.Module):
-    """torchvision ResNet cut after ``layer`` plus a 1x1 per-cell classifier (not saved)."""
+    """torchvision ResNet cut after ``layer`` plus a 1x1 per-cell classifier and, with
+    ``box_head``, a 1x1 per-cell box regressor (heads not saved)."""
 
-    def __init__(self, name: str = "resnet18", layer: str = "layer3", num_classes: int = 6):
+    def __init__(
+        self,
+        name: str = "resnet18",
+        layer: str = "layer3",
+        num_classes: int = 6,
+        box_head: bool = False,
+    ):
         super().__init__()
         resnet = getattr(torchvision.models, name)(weights=None)
         keep = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
@@ -117,10 +151,17 @@ class DenseCNN(nn.Module):
         self.names = keep
         channels = self.trunk(torch.zeros(1, 3, 32, 32)).shape[1]
         self.head = nn.Conv2d(channels, num_classes, 1)
+        self.box_head = nn.Conv2d(channels, 4, 1) if box_head else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """images [B, 3, H, W] -> per-cell logits [B, K, H/16, W/16]."""
         return self.head(self.trunk(x))
+
+    def dense(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """images [B, 3, H, W] -> (per-cell logits [B, K, H/16, W/16], per-cell box distances
+        [B, 4, H/16, W/16] (left, top, right, bottom, in cells) or None without box_head)."""
+        f = self.trunk(x)
+        return self.head(f), (self.box_head(f) if self.box_head is not None else None)
 
     def torchvision_state_dict(self) -> dict[str, torch.Tensor]:
         """The trunk's weights under torchvision's ResNet names (``layer1.0.conv1.weight``)."""
@@ -155,13 +196,17 @@ def train_cnn(
     bf16: bool | None = None,
     log_every: int = 20,
     background_weight: float = 0.2,
+    box_targets: list[torch.Tensor] | None = None,
+    box_weight: float = 0.0,
     echo=print,
 ) -> dict:
     """Train DenseCNN on (image, per-cell label) pairs with per-cell cross-entropy (AdamW, a
     cosine schedule, horizontal flips); write ``cnn.pth`` (torchvision format) and
     ``log.jsonl`` into ``out_dir``. Background cells (class 0, most of an image) weigh
-    ``background_weight`` in the loss so that the CNN learns the objects' classes.
-    Returns {"steps", "seconds", "final_loss", "cell_acc", "object_acc"}."""
+    ``background_weight`` in the loss so that the CNN learns the objects' classes. With
+    ``box_weight`` > 0 the loss adds that weight times the L1 distance between a box head's
+    output and ``box_targets`` ([4, h, w] per image, ``cell_box_targets``) on owned cells.
+    Returns {"steps", "seconds", "final_loss", "cell_acc", "object_acc"} (+ "box_l1")."""
     from updetr_lite.fastpath import bf16_supported
 
     out_dir = Path(out_dir)
@@ -171,7 +216,13 @@ def train_cnn(
     bf16 = bf16_supported("cpu") if bf16 is None else bf16
     x_all = torch.stack(images)
     y_all = torch.stack(labels)
-    model = DenseCNN(name, layer, num_classes).to(memory_format=torch.channels_last)
+    use_box = box_weight > 0
+    if use_box and box_targets is None:
+        raise ValueError("box_weight > 0 needs box_targets")
+    b_all = torch.stack(box_targets) if use_box else None
+    model = DenseCNN(name, layer, num_classes, box_head=use_box).to(
+        memory_format=torch.channels_last
+    )
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     warm = max(1, steps // 20)  # linear warm-up over 5 %, then cosine to zero
 
@@ -194,9 +245,17 @@ def train_cnn(
             x[flip], y[flip] = x[flip].flip(-1), y[flip].flip(-1)
             x = _normalize(x).contiguous(memory_format=torch.channels_last)
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
+                logits, box = model.dense(x)
             logits = logits.float()[..., : y.shape[-2], : y.shape[-1]]
             loss = F.cross_entropy(logits, y, weight=class_weight)
+            if use_box:
+                t = b_all[idx]
+                # a mirrored image swaps the left and right distances
+                t[flip] = t[flip].flip(-1)[:, [2, 1, 0, 3]]
+                owned = ~t.isnan()
+                box_l1 = (box.float()[..., : y.shape[-2], : y.shape[-1]] - t.nan_to_num()).abs()
+                box_l1 = box_l1[owned].mean() if owned.any() else box_l1.sum() * 0
+                loss = loss + box_weight * box_l1
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -209,6 +268,8 @@ def train_cnn(
                     "cell_acc": float((pred == y).float().mean()),
                     "object_acc": float((pred[obj] == y[obj]).float().mean()) if obj.any() else 0.0,
                 }
+                if use_box:
+                    stats["box_l1"] = float(box_l1.detach())
                 rec = {
                     "step": step,
                     **stats,
@@ -348,10 +409,17 @@ def cnn_data_config(cfg, n_images: int):
 
 
 def build_lite_cnn(
-    cfg, out_dir: str | Path, steps: int, n_images: int, batch_size: int = 32, echo=print
+    cfg,
+    out_dir: str | Path,
+    steps: int,
+    n_images: int,
+    batch_size: int = 32,
+    box_weight: float = 0.0,
+    echo=print,
 ) -> dict:
-    """The whole lite-CNN run: generate the separate set, derive per-cell labels from its
-    COCO JSON, train, save ``cnn.pth``, probe it; writes ``summary.json`` and ``probe.json``."""
+    """The whole lite-CNN run: generate the separate set, derive per-cell labels (and, with
+    ``box_weight`` > 0, per-cell box targets) from its COCO JSON, train, save ``cnn.pth``,
+    probe it; writes ``summary.json`` and ``probe.json``."""
     from updetr_lite.data.embedded import build_embedded
 
     out_dir = Path(out_dir)
@@ -364,6 +432,12 @@ def build_lite_cnn(
         cell_labels([a["bbox"] for a in objs], [a["category_id"] for a in objs], *img.shape[-2:])
         for img, objs in zip(images, anns)
     ]
+    boxes = None
+    if box_weight > 0:
+        boxes = [
+            cell_box_targets([a["bbox"] for a in objs], *img.shape[-2:])
+            for img, objs in zip(images, anns)
+        ]
     echo(f"lite CNN: {len(images)} images of the separate set (seed {data_cfg.embedded_seed})")
     train = train_cnn(
         images,
@@ -376,6 +450,8 @@ def build_lite_cnn(
         batch_size=batch_size,
         seed=cfg.pretrain.seed,
         bf16=cfg.model.cnn_bf16,
+        box_targets=boxes,
+        box_weight=box_weight,
         echo=echo,
     )
     result = probe(cfg, out_dir / "cnn.pth")
@@ -383,6 +459,7 @@ def build_lite_cnn(
         f"{cfg.model.backbone} up to {cfg.model.backbone_layer}, supervised per-cell labels of "
         f"a separate generated set (seed {data_cfg.embedded_seed}, {len(images)} images), "
         f"{steps} steps of batch {batch_size}"
+        + (f", per-cell box distances at weight {box_weight}" if box_weight > 0 else "")
     )
     (out_dir / "probe.json").write_text(json.dumps(result, indent=1) + "\n")
     summary = {

@@ -48,6 +48,37 @@ def test_cell_labels_match_brute_force():
         assert torch.equal(got, want), (boxes, cats)
 
 
+def _random_boxes(g, h, w):
+    boxes = []
+    for _ in range(int(torch.randint(0, 5, (1,), generator=g))):
+        bw, bh = (float(v) for v in torch.randint(6, 50, (2,), generator=g))
+        x = float(torch.randint(0, w - int(bw), (1,), generator=g))
+        y = float(torch.randint(0, h - int(bh), (1,), generator=g))
+        boxes.append([x, y, bw, bh])
+    return boxes
+
+
+def test_cell_box_targets_are_the_owning_boxes_edges_seen_from_each_cell_centre():
+    g = torch.Generator().manual_seed(1)
+    for trial in range(20):
+        h, w = 64 + 16 * (trial % 3), 80
+        boxes = _random_boxes(g, h, w)
+        # the owner of a cell is the box whose label it takes: give every box its own label
+        owners = _brute_cell_labels(boxes, list(range(1, len(boxes) + 1)), h, w, 16)
+        got = lite_cnn.cell_box_targets(boxes, h, w, 16)
+        assert got.shape == (4, *owners.shape)
+        for i in range(owners.shape[0]):
+            for j in range(owners.shape[1]):
+                k = int(owners[i, j]) - 1
+                if k < 0:
+                    assert got[:, i, j].isnan().all()
+                    continue
+                x, y, bw, bh = boxes[k]
+                cy, cx = (i + 0.5) * 16, (j + 0.5) * 16
+                want = torch.tensor([cx - x, cy - y, x + bw - cx, y + bh - cy]) / 16
+                assert torch.allclose(got[:, i, j], want), (boxes, i, j)
+
+
 def _brute_knn(trx, tr_y, tex, k):
     preds = []
     for x in tex:
@@ -142,6 +173,43 @@ def test_train_cnn_learns_a_dense_task(tmp_path):
     assert (tmp_path / "cnn.pth").exists()
     bb = Backbone("resnet18", "layer3", frozen_cnn=True)
     load_cnn_weights(bb, str(tmp_path / "cnn.pth"))
+
+
+def test_train_cnn_with_box_targets_learns_where_the_edges_are(tmp_path):
+    # one bright square a picture, its left edge at a random offset inside a 16-px cell:
+    # the class alone says nothing of the offset; the box head must learn it from the pixels
+    g = torch.Generator().manual_seed(0)
+    images, labels, boxes = [], [], []
+    for _ in range(16):
+        img = torch.full((3, 32, 32), 40, dtype=torch.uint8)
+        x = int(torch.randint(0, 12, (1,), generator=g))
+        img[:, 4:28, x : x + 20] = 230
+        bb = [[float(x), 4.0, 20.0, 24.0]]
+        images.append(img)
+        labels.append(lite_cnn.cell_labels(bb, [1], 32, 32))
+        boxes.append(lite_cnn.cell_box_targets(bb, 32, 32))
+    with pytest.raises(ValueError, match="box_targets"):
+        lite_cnn.train_cnn(images, labels, 2, 1, tmp_path, box_weight=1.0, bf16=False)
+    lite_cnn.train_cnn(
+        images,
+        labels,
+        2,
+        steps=40,
+        out_dir=tmp_path,
+        batch_size=8,
+        lr=3e-3,
+        bf16=False,
+        log_every=5,
+        box_targets=boxes,
+        box_weight=1.0,
+        echo=lambda *_: None,
+    )
+    recs = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert recs[-1]["box_l1"] < 0.5 * recs[0]["box_l1"], (recs[0]["box_l1"], recs[-1]["box_l1"])
+    # the saved trunk is still torchvision's ResNet: the heads are not in the file
+    state = torch.load(tmp_path / "cnn.pth")
+    assert not any(k.startswith(("head", "box_head")) for k in state)
+    load_cnn_weights(Backbone("resnet18", "layer3", frozen_cnn=True), str(tmp_path / "cnn.pth"))
 
 
 def test_cnn_data_is_a_separate_set():
