@@ -556,6 +556,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", help="train into this folder (every core)")
     ap.add_argument("--ship", metavar="DIR", help="copy a trained run folder into the package")
     ap.add_argument("--source", default="", help="with --ship: which run made it, where")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads")
     args = ap.parse_args(argv)
     if bool(args.out) == bool(args.ship):
         ap.error("give one of --out DIR or --ship DIR")
@@ -565,14 +566,16 @@ def main(argv=None) -> int:
         rec = ship(args.ship, args.source)
         print(f"shipped {LITE_CNN_DIR / 'cnn.pth'} (sha256 {rec['sha256']})")
         return 0
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(args.threads)
     b = LITE_BUDGET
     params = {k: b[k] for k in CNN_BUDGET_KEYS}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "parameters.json").write_text(json.dumps(params, indent=1) + "\n")
     cfg = get_config("lite", ["model.backbone_weights=random"])
-    build_lite_cnn(cfg, out, b["cnn_steps"], b["cnn_images"], b["cnn_batch"])
+    build_lite_cnn(
+        cfg, out, b["cnn_steps"], b["cnn_images"], b["cnn_batch"], box_weight=b["cnn_box_weight"]
+    )
     return 0
 
 

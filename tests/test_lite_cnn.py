@@ -225,7 +225,7 @@ def test_cnn_data_is_a_separate_set():
 
 
 def test_shipped_cnn_is_the_recorded_file_and_the_lite_presets():
-    from reproduce.lite_plan import LITE_BUDGET
+    from reproduce.lite_plan import CNN_BUDGET_KEYS, LITE_BUDGET
     from updetr_lite.config import get_config
     from updetr_lite.presets import LITE_CNN, LITE_CNN_DIR
 
@@ -233,8 +233,10 @@ def test_shipped_cnn_is_the_recorded_file_and_the_lite_presets():
     assert LITE_CNN.stat().st_size == record["file_bytes"]
     assert lite_cnn.file_sha256(LITE_CNN) == record["sha256"]
     # trained with the budget the lite plan states
-    assert record["budget"] == {k: LITE_BUDGET[k] for k in ("cnn_steps", "cnn_images", "cnn_batch")}
+    assert record["budget"] == {k: LITE_BUDGET[k] for k in CNN_BUDGET_KEYS}
     assert record["summary"]["train"]["steps"] == LITE_BUDGET["cnn_steps"]
+    # the box head trained (its loss is logged only when it exists)
+    assert (LITE_BUDGET["cnn_box_weight"] > 0) == ("box_l1" in record["summary"]["train"])
     probe = record["summary"]["probe"]
     assert probe["trained"] > probe["random"] + 0.3  # useful features, not a random CNN
     # the lite preset loads it, every key of the backbone (load_cnn_weights fails otherwise)

@@ -7,7 +7,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python (updetr-lite)
 #     language: python
@@ -42,6 +42,7 @@ threads = 1
 cnn_steps = 3
 cnn_images = 16
 cnn_batch = 8
+cnn_box_weight = 1.0
 shipped = False  # copy the shipped lite CNN instead of training
 
 # %%
@@ -73,7 +74,9 @@ else:
     # nothing else runs while the CNN trains (every run needs it): use every core
     torch.set_num_threads(os.cpu_count() or 1)
     cfg = get_config(preset, overrides)
-    summary = build_lite_cnn(cfg, run_dir, cnn_steps, cnn_images, cnn_batch)
+    summary = build_lite_cnn(
+        cfg, run_dir, cnn_steps, cnn_images, cnn_batch, box_weight=cnn_box_weight
+    )
 print(json.dumps(summary["probe"], indent=1))
 
 # %%
