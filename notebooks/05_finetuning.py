@@ -7,7 +7,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python (updetr-lite)
 #     language: python
@@ -34,10 +34,10 @@
 # **Run time** on 2 CPU cores: with `runs/main`, 22 s (measured with `updetr-lite notebooks --only 03,04,05,06`, kernel start included, on a 2-core
 # machine with one other job on the second core); without it, 872 s measured the same way from
 # a fresh clone (the embedded data, its feature caches, one pre-training and two fine-tunings on
-# the lite CNN that ships with the kit). That run ended at AP50 12.3 % from scratch and 15.2 %
-# from UP-DETR (one seed; the main job's three seeds per arm are what say whether the gap is
-# real), with boxes on the objects, several per object (DETR does no NMS, and 600 steps have
-# not taught it to keep one). **SMOKE** (tests: 20 + 16 steps at toy sizes) cannot show a
+# the lite CNN that ships with the kit; timed with the kit's earlier CNN, whose weights do not
+# change the time). One seed says little about the gap between the arms: the main job's three
+# seeds per arm are what say whether it is real. Expect boxes on the objects, sometimes several
+# per object (DETR does no NMS). **SMOKE** (tests: 20 + 16 steps at toy sizes) cannot show a
 # difference: both arms stay at AP 0 and predict no box.
 
 # %% tags=["parameters"]

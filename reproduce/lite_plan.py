@@ -159,9 +159,9 @@ def small_plan(scale: str) -> Plan:
         )
         + (
             "Lite scale: embedded procedural data (1000 train / 300 val images, 128 px), a "
-            "ResNet-18 cut at layer3 trained by the kit on a separate generated set (supervised "
-            "stand-in for SwAV), the paper's transformer at width 128 (3 encoder + 3 decoder "
-            "layers, pre-norm) with LayerScale 0.1 on the encoder blocks, N=20 queries, M=4 "
+            "ResNet-18 cut at layer3 trained by the kit on the per-cell classes and box edges of "
+            "a separate generated set (supervised stand-in for SwAV), the paper's transformer "
+            "at width 128 (3 encoder + 3 decoder layers, pre-norm) with LayerScale 0.1 on the encoder blocks, N=20 queries, M=4 "
             "query patches whose feature is the CNN on the crop (a cached bank of 16 per "
             "image), cached CNN maps, everything in fp32; budgets in optimizer steps. Numbers "
             "on this data say nothing about VOC or COCO."

@@ -4,10 +4,8 @@
 ``reproduce/results/lite/table{1,3,4}.csv`` (per-seed AP / AP50 of every arm, and how many
 seed pairings put each arm above the table's first row, and its mean gap against twice
 the larger seed standard deviation) and the Figure 1, C4 and C5 lines of
-``report.md``, and a second block the same way from ``reproduce/results/lite_avx2/`` (the same
-runs made again with torch's kernels capped at AVX2); ``--write`` puts each
-into README.md between its two marker comments, ``--check`` exits 1 when README.md holds a
-different block. ``tests/test_readme_numbers.py``
+``report.md``; ``--write`` puts it into README.md between its two marker comments,
+``--check`` exits 1 when README.md holds a different block. ``tests/test_readme_numbers.py``
 runs the check, so a regenerated result set without a regenerated README fails the suite.
 """
 
@@ -35,9 +33,8 @@ TABLES = {
 }
 
 
-# the README's blocks, each rendered from reproduce/results/<block>/: the lite results, and the
-# same runs made again with torch's kernels capped at AVX2 (what a CPU without AVX-512 runs)
-BLOCKS = ("lite", "lite_avx2")
+# the README's blocks, each rendered from reproduce/results/<block>/
+BLOCKS = ("lite",)
 
 
 def markers(name: str) -> tuple[str, str]:
@@ -170,7 +167,7 @@ def render_all(readme_text: str, root: Path = RESULTS_ROOT, name: str = "README.
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m reproduce.readme_numbers", description=__doc__)
-    ap.add_argument("--results", type=Path, default=RESULTS_ROOT, help="holds lite/, lite_avx2/")
+    ap.add_argument("--results", type=Path, default=RESULTS_ROOT, help="holds lite/")
     ap.add_argument("--readme", type=Path, default=README)
     g = ap.add_mutually_exclusive_group()
     g.add_argument("--write", action="store_true", help="update the README's block in place")
