@@ -7,7 +7,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python (updetr-lite)
 #     language: python
@@ -143,7 +143,7 @@ results["max_loss_difference"] = max(abs(a - b) for a, b in zip(with_mask, witho
 # patches, solid boxes the most confident prediction of each group.
 #
 # What to expect: at the lite budget the paper's crop patch feature has not yet taught the
-# model to localise (the main job's pre-trainings score a mean IoU of 0.25-0.28 in Figure 5's
+# model to localise (the main job's pre-trainings score a mean IoU of 0.29-0.32 in Figure 5's
 # study, what one fixed box scores; reproduce/results/lite/SUMMARY.md), so the solid boxes
 # sit near the patches' average place rather than on them. The demo checkpoint of notebook 6
 # does localise its patches, in held-out scenes too.

@@ -7,7 +7,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python (updetr-lite)
 #     language: python
@@ -34,7 +34,7 @@
 # (mean IoU 0.56 over 24 patches of 6 new scenes, against 0.27 for one fixed box).
 # `MAIN_RUN = True` shows the main job's lite pre-training instead (`bash run.sh` writes
 # `runs/main/pre_crop_s0/last.pth`): at the lite budget its pretext has not learnt to localise
-# (the same check scored 0.15 for the committed main job; reproduce/results/lite/SUMMARY.md
+# (the same check scored 0.15 for the main job made with the kit's earlier lite CNN; SUMMARY.md
 # says why), so it is not the default. `TRAIN_FRESH = True` trains a new demo checkpoint on
 # the demo photos (2500 steps with a progress bar; about 4 min of one CPU core: the shipped one
 # took 235 s of CPU time, 20 min of wall time on a busy shared machine, cached in
