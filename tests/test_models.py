@@ -351,9 +351,11 @@ def _overfit(model, criterion, step_fn, targets, steps=80):
 
 def test_smoke_updetr_overfits_pretext():
     """Trained on 2 images x 2 query patches, the smoke pretext model localises its patches
-    far better than the best single fixed box (the mean target box): mean IoU 0.91 against
-    0.21 measured after 160 steps (seed 0), with positions in the decoder's values (without
-    them the paper's transformer needs far more steps to localise anything)."""
+    far better than the best single fixed box (the mean target box), with positions in the
+    decoder's values (without them the paper's transformer needs far more steps to localise
+    anything). 300 steps: after 160 (seed 0) the mean IoU was 0.91 against 0.21 on a CPU with
+    AVX-512 but 0.69 on one with AVX2 only, whose kernels take another path; after 300, 0.82
+    there."""
     cfg = get_config(
         "smoke",
         ["pretext.patch_feature=roi", "model.pos_in_values=True", "model.enc_layer_scale=0.0"],
@@ -369,7 +371,7 @@ def test_smoke_updetr_overfits_pretext():
     boxes = torch.cat((centres, sizes), -1)
     targets = [{"boxes": b, "labels": torch.ones(2, dtype=torch.int64)} for b in boxes]
     losses = _overfit(
-        model, criterion, lambda: model(images, mask, None, boxes), targets, steps=160
+        model, criterion, lambda: model(images, mask, None, boxes), targets, steps=300
     )
     assert sum(losses[-5:]) / 5 < 0.5 * losses[0], losses
 
