@@ -223,8 +223,10 @@ def _tiny_coco(root):
 
 
 def test_finetune_fits_a_tiny_fixed_set(tmp_path):
-    """train() from scratch on 4 images, evaluated on the same 4: AP 1.0 measured after 240
-    steps (batch 2, lr 1e-3, cached features); a stated bar, not a range."""
+    """train() from scratch on 4 images, evaluated on the same 4 (batch 2, lr 1e-3, cached
+    features): AP 1.0 measured after 240 steps on a CPU with AVX-512, but AP50 0.78 after 240
+    and 0.94 after 480 or 720 on one with AVX2 only (its kernels take another path); the bar
+    is 0.9 for both at 480 steps."""
     _tiny_coco(tmp_path / "coco")
     cfg = get_config(
         "smoke",
@@ -234,13 +236,13 @@ def test_finetune_fits_a_tiny_fixed_set(tmp_path):
             f"data.cache_dir={str(tmp_path / 'cache')!r}",
             "finetune.batch_size=2",
             "finetune.lr=1e-3",
-            "finetune.max_steps=240",
-            "finetune.epochs=120",
+            "finetune.max_steps=480",
+            "finetune.epochs=240",
             "finetune.eval_every=1000",
             "finetune.checkpoint_every=0",
         ],
     )
     summary = train(cfg, "finetune", tmp_path / "run", progress=False)
-    assert summary["steps"] == 240
-    assert summary["metrics"]["AP50"] == pytest.approx(1.0), summary["metrics"]
+    assert summary["steps"] == 480
+    assert summary["metrics"]["AP50"] >= 0.9, summary["metrics"]
     assert summary["metrics"]["AP"] >= 0.9, summary["metrics"]
