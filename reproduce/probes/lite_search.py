@@ -40,6 +40,22 @@ def last_train(records: list[dict], n: int = 5) -> dict:
     return {k: round(sum(r[k] for r in tr) / len(tr), 4) for k in keys}
 
 
+def ft_result(log: Path) -> dict:
+    """A fine-tuning's AP curve [(step, AP, AP50)] and its last AP / AP50 / AP75 (%)."""
+    evals = eval_records(read_jsonl(log))
+    rec = {"curve": [(e["step"], round(e["AP"], 1), round(e["AP50"], 1)) for e in evals]}
+    rec.update({k: round(evals[-1][k], 2) for k in ("AP", "AP50", "AP75")})
+    return rec
+
+
+def append_record(rec: dict) -> None:
+    """Append a probe's record to runs/probes/results.jsonl and print it."""
+    PROBES.mkdir(parents=True, exist_ok=True)
+    with open(PROBES / "results.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    print(json.dumps(rec))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("name")
@@ -83,14 +99,8 @@ def main(argv=None) -> int:
         t0 = time.time()
         train(cfg, "finetune", out / "ft", init=init, progress=False)
         rec["ft_steps"], rec["ft_s"] = args.ft, round(time.time() - t0, 1)
-        evals = eval_records(read_jsonl(out / "ft" / "log.jsonl"))
-        rec["curve"] = [(e["step"], round(e["AP"], 1), round(e["AP50"], 1)) for e in evals]
-        last = evals[-1]
-        rec.update({k: round(last[k], 2) for k in ("AP", "AP50", "AP75")})
-    PROBES.mkdir(parents=True, exist_ok=True)
-    with open(PROBES / "results.jsonl", "a") as f:
-        f.write(json.dumps(rec) + "\n")
-    print(json.dumps(rec))
+        rec.update(ft_result(out / "ft" / "log.jsonl"))
+    append_record(rec)
     return 0
 
 

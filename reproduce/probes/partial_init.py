@@ -16,7 +16,6 @@ does.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -28,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from reproduce.lite_plan import LITE_BUDGET, _ft_schedule  # noqa: E402
-from reproduce.report import eval_records, read_jsonl  # noqa: E402
+from reproduce.probes.lite_search import append_record, ft_result  # noqa: E402
 from updetr_lite.config import get_config  # noqa: E402
 from updetr_lite.engine.checkpoint import load_checkpoint, model_state  # noqa: E402
 from updetr_lite.engine.seeding import seed_everything  # noqa: E402
@@ -76,22 +75,19 @@ def main(argv=None) -> int:
     torch.save({**ckpt, "model": state}, init)
     t0 = time.time()
     train(cfg, "finetune", out / "ft", init=init, progress=False)
-    evals = eval_records(read_jsonl(out / "ft" / "log.jsonl"))
-    rec = {
-        "name": args.name,
-        "init": str(args.init),
-        "reset": parts,
-        "keys_reset": len(done),
-        "seed": args.seed,
-        "overrides": args.overrides,
-        "ft_steps": args.ft,
-        "ft_s": round(time.time() - t0, 1),
-        "curve": [(e["step"], round(e["AP"], 1), round(e["AP50"], 1)) for e in evals],
-    }
-    rec.update({k: round(evals[-1][k], 2) for k in ("AP", "AP50", "AP75")})
-    with open(PROBES / "results.jsonl", "a") as f:
-        f.write(json.dumps(rec) + "\n")
-    print(json.dumps(rec))
+    append_record(
+        {
+            "name": args.name,
+            "init": str(args.init),
+            "reset": parts,
+            "keys_reset": len(done),
+            "seed": args.seed,
+            "overrides": args.overrides,
+            "ft_steps": args.ft,
+            "ft_s": round(time.time() - t0, 1),
+            **ft_result(out / "ft" / "log.jsonl"),
+        }
+    )
     return 0
 
 
