@@ -5,7 +5,9 @@ ranks of one job run the same run and settings."""
 
 import json
 import os
+import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -45,13 +47,16 @@ NODE = NODE.replace(
 
 
 def free_port(n: int = 2) -> int:
-    """A base port with the n ports from it free on the loopback."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n >= 65535:
-            continue
+    """A base port with the n ports from it free on the loopback, below the kernel's ephemeral
+    range: papermill's kernels and gloo take ephemeral ports, and one of them could take a
+    port picked here before torchrun binds it (the other node then waits for a rendezvous
+    that never comes)."""
+    low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    top = low - n if low > 20000 + n else 65535 - n
+    bottom = 20000 if low > 20000 + n else high + 1
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(bottom, top)
         try:
             for i in range(n):
                 with socket.socket() as s:
@@ -79,17 +84,34 @@ def start_nodes(outs: list[Path], caches: list[Path], names: str) -> list:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=True,  # a timeout kills the node with its torchrun and kernel
         )
         for i, (o, c) in enumerate(zip(outs, caches))
     ]
 
 
-def results(procs) -> list[dict]:
+def run_logs(outs: list[Path]) -> str:
+    """The tail of every run log the nodes wrote: what a hung node was waiting for."""
+    parts = []
+    for out in dict.fromkeys(outs):
+        for f in sorted(Path(out).glob("*/*")):
+            if f.suffix in (".log", ".out"):
+                parts.append(f"--- {f}\n{f.read_text(errors='replace')[-1500:]}")
+    return "\n".join(parts)
+
+
+def results(procs, outs: list[Path]) -> list[dict]:
     out = []
     for proc in procs:
-        text, _ = proc.communicate(timeout=300)
+        try:
+            text, _ = proc.communicate(timeout=420)
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                if q.poll() is None:
+                    os.killpg(q.pid, signal.SIGKILL)
+            pytest.fail(f"a node did not finish in 420 s; its run logs:\n{run_logs(outs)}")
         line = [x for x in text.splitlines() if x.startswith("RESULT ")]
-        assert proc.returncode == 0 and line, text[-3000:]
+        assert proc.returncode == 0 and line, text[-3000:] + run_logs(outs)
         out.append(json.loads(line[0][7:]))
     return out
 
@@ -121,10 +143,13 @@ def three_ways(tmp_path_factory):
     one_process(root / "one", root / "cache")  # also builds the toy data the nodes copy
     for c in caches:
         shutil.copytree(root / "cache", c)
-    # both ways side by side (own ports); only the shared folder's nodes build a report
-    shared = start_nodes([root / "shared"] * 2, caches, "pre,ft,report")
-    apart = start_nodes([root / "apart0", root / "apart1"], caches, "pre,ft")
-    return root, results(shared), results(apart)
+    # one way after the other (four nodes at once overload two cores); only the shared
+    # folder's nodes build a report
+    outs = [root / "shared"] * 2
+    shared = results(start_nodes(outs, caches, "pre,ft,report"), outs)
+    outs = [root / "apart0", root / "apart1"]
+    apart = results(start_nodes(outs, caches, "pre,ft"), outs)
+    return root, shared, apart
 
 
 def test_two_nodes_shared_folder_and_not_match_one_node(three_ways):
