@@ -148,6 +148,8 @@ def test_04_pretraining_loss_falls(shared):
         assert r[f"{key}_records"] >= 10
         assert r[f"{key}_loss_fell"], (r[f"{key}_loss_first"], r[f"{key}_loss_last"])
     assert r["max_loss_difference"] > 0  # the mask changed the training
+    for part in ("early", "late"):  # a mean of differences is bounded by the largest one
+        assert abs(r[f"mask_minus_nomask_{part}"]) <= r["max_loss_difference"] + 1e-9
     assert 0 <= r["mean_iou_after_training"] <= 1
 
 

@@ -247,6 +247,17 @@ def test_loss_fell():
     assert not notebook_checks.loss_fell([2.0, 1.9], min_drop=0.2)
 
 
+def test_early_late_gap_against_a_direct_sum():
+    a = [10.0, 9.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
+    b = [11.0, 10.0, 8.0, 7.0, 6.0, 5.0, 4.0, 3.0, 1.5, 0.0]
+    early, late = notebook_checks.early_late_gap(a, b, fraction=0.2)  # 2 points each end
+    assert early == pytest.approx(((10 - 11) + (9 - 10)) / 2)
+    assert late == pytest.approx(((2 - 1.5) + (1 - 0)) / 2)
+    assert notebook_checks.early_late_gap(a, b + [99.0], fraction=0.2) == (early, late)
+    with pytest.raises(ValueError):
+        notebook_checks.early_late_gap([1.0], [2.0])
+
+
 # ------------------------------------------------------------------------------ demo
 
 

@@ -111,6 +111,17 @@ def loss_fell(values, fraction: float = 0.2, min_drop: float = 0.0) -> bool:
     return last < first * (1 - min_drop)
 
 
+def early_late_gap(a, b, fraction: float = 0.2) -> tuple[float, float]:
+    """Mean of ``a - b`` over the first and over the last ``fraction`` of two curves logged at
+    the same steps (Figure 6's question: which loss is lower early, which late). Negative: ``a``
+    is lower. Uses the common length; needs at least 2 points."""
+    v = [(float(x) - float(y)) for x, y in zip(a, b)]
+    if len(v) < 2:
+        raise ValueError(f"need two curves of at least 2 points, got {len(v)}")
+    k = max(1, int(len(v) * fraction))
+    return sum(v[:k]) / k, sum(v[-k:]) / k
+
+
 def main_job_runs(names: dict, root, use: bool = True) -> dict | None:
     """{key: run folder} of the main job in ``root`` (``bash run.sh`` writes the checkout's
     ``runs/main/<name>``: the notebooks pass that folder) when ``use`` and every named run has
