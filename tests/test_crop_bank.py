@@ -85,3 +85,35 @@ def test_feature_cache_keeps_bf16_and_fp32_maps_apart(tmp_path):
         train(cfg, "finetune", tmp_path / f"run{bf16}", progress=False)
         files.append(set((tmp_path / "cache" / "features").glob("*.pt")))
     assert len(files[0]) == 2 and len(files[1]) == 4  # train + val maps, per precision
+
+
+def test_loader_batches_yields_every_batch_and_leaves_no_worker_iterator_alive():
+    """The cache builders' loop: all batches in order, and every multi-process iterator it made
+    shut down in this process (one left alive can be collected in the next loader's workers)."""
+    import gc
+
+    from torch.utils.data import DataLoader
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    def live_worker_iterators():
+        return [
+            o
+            for o in gc.get_objects()
+            if isinstance(o, _MultiProcessingDataLoaderIter)
+            and not o._shutdown
+            and id(o) not in before
+        ]
+
+    before = set()  # what other tests of this process may have left
+    before = {id(o) for o in live_worker_iterators()}
+    data = torch.arange(10.0)
+    for _ in range(2):  # the second loader forks while the first one's iterator is gone
+        loader = DataLoader(data, batch_size=3, num_workers=2)
+        got = [b for b in fc.loader_batches(loader, "test", progress=False)]
+        assert torch.equal(torch.cat(got), data) and len(got) == 4
+        assert not live_worker_iterators()
+    # the check itself: an iterator left half-read is found
+    it = iter(DataLoader(data, batch_size=3, num_workers=2))
+    next(it)
+    assert live_worker_iterators()
+    del it

@@ -112,6 +112,30 @@ def data_identity(data_cfg) -> dict:
     return d
 
 
+def loader_batches(loader, desc: str, progress: bool = True):
+    """Every batch of ``loader`` once, with a progress bar.
+
+    A loader iterator left alive in a reference cycle when the next loader forks its workers
+    can be collected in one of them, which prints "can only test a child process" blocks (seen
+    once, in notebook 5's default run, as its feature caches were built). So ``gc.collect()``
+    first clears such cycles in this process, and the bar counts batches rather than wrapping
+    (and holding) the loader."""
+    import gc
+
+    from tqdm.auto import tqdm
+
+    gc.collect()
+    bar = tqdm(
+        total=len(loader), desc=desc, disable=not (progress and du.is_main_process()), leave=False
+    )
+    try:
+        for batch in loader:
+            yield batch
+            bar.update(1)
+    finally:
+        bar.close()
+
+
 @torch.no_grad()
 def compute_maps(
     extractor: FeatureExtractor, loader, desc: str = "features", progress: bool = True
@@ -121,12 +145,8 @@ def compute_maps(
 
     ``loader`` yields unshuffled (images, mask, per_image_list) batches.
     """
-    from tqdm.auto import tqdm
-
     maps, extras = [], []
-    for batch in tqdm(
-        loader, desc=desc, disable=not (progress and du.is_main_process()), leave=False
-    ):
+    for batch in loader_batches(loader, desc, progress):
         feats, fmask = extractor.images(batch[0], batch[1])
         extras.extend(batch[2])
         for f, m in zip(feats, fmask):
@@ -361,7 +381,6 @@ def _collate_bank(batch):
 
 def _crop_bank(cfg, extractor, dataset, ident, progress, skips=None) -> dict:
     """{'boxes': [N, K, 4] cxcywh normalised, 'feats': [N, K, C]}: the query patch bank."""
-    from tqdm.auto import tqdm
 
     k, seed = cfg.pretext.crop_bank, cfg.pretrain.seed
     if k < cfg.pretext.num_patches:
@@ -376,12 +395,7 @@ def _crop_bank(cfg, extractor, dataset, ident, progress, skips=None) -> dict:
     def compute():
         loader = feature_loader(view, _collate_bank, 16, cfg.data.num_workers)
         boxes, feats = [], []
-        for patches, _, b in tqdm(
-            loader,
-            desc="CNN features (query patch bank)",
-            leave=False,
-            disable=not (progress and du.is_main_process()),
-        ):
+        for patches, _, b in loader_batches(loader, "CNN features (query patch bank)", progress):
             feats.append(extractor.patches(patches).cpu())
             boxes.extend(b)
         return {"boxes": torch.stack(boxes), "feats": torch.cat(feats)}
