@@ -95,25 +95,24 @@ def test_loader_batches_yields_every_batch_and_leaves_no_worker_iterator_alive()
     from torch.utils.data import DataLoader
     from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
 
-    def live_worker_iterators():
+    def live_worker_iterators(exclude=frozenset()):
         return [
             o
             for o in gc.get_objects()
             if isinstance(o, _MultiProcessingDataLoaderIter)
             and not o._shutdown
-            and id(o) not in before
+            and id(o) not in exclude
         ]
 
-    before = set()  # what other tests of this process may have left
-    before = {id(o) for o in live_worker_iterators()}
+    before = {id(o) for o in live_worker_iterators()}  # what other tests may have left
     data = torch.arange(10.0)
     for _ in range(2):  # the second loader forks while the first one's iterator is gone
         loader = DataLoader(data, batch_size=3, num_workers=2)
         got = [b for b in fc.loader_batches(loader, "test", progress=False)]
         assert torch.equal(torch.cat(got), data) and len(got) == 4
-        assert not live_worker_iterators()
+        assert not live_worker_iterators(before)
     # the check itself: an iterator left half-read is found
     it = iter(DataLoader(data, batch_size=3, num_workers=2))
     next(it)
-    assert live_worker_iterators()
+    assert live_worker_iterators(before)
     del it

@@ -381,7 +381,6 @@ def _collate_bank(batch):
 
 def _crop_bank(cfg, extractor, dataset, ident, progress, skips=None) -> dict:
     """{'boxes': [N, K, 4] cxcywh normalised, 'feats': [N, K, C]}: the query patch bank."""
-
     k, seed = cfg.pretext.crop_bank, cfg.pretrain.seed
     if k < cfg.pretext.num_patches:
         raise FeatureCacheError(
