@@ -12,7 +12,6 @@ run goes to runs/probes/NAME/pre. Fine-tune it as the main job does with
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from reproduce.probes.lite_search import append_record, last_train  # noqa: E402
-from reproduce.report import read_jsonl  # noqa: E402
+from reproduce.report import read_jsonl, run_config  # noqa: E402
 from updetr_lite.config import Config  # noqa: E402
 from updetr_lite.engine.train import train  # noqa: E402
 
@@ -33,8 +32,7 @@ PROBES = ROOT / "runs" / "probes"
 
 def variant_config(like: Path, changes: list[str]) -> Config:
     """The configuration of the pre-training in ``like`` with ``changes`` applied."""
-    d = json.loads((Path(like) / "config.json").read_text())
-    return Config.from_dict(d.get("config", d)).override(changes)
+    return run_config(like).override(changes)
 
 
 def main(argv=None) -> int:

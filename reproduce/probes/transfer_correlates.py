@@ -19,8 +19,8 @@ from scipy.stats import spearmanr
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from reproduce.probes.lite_search import ft_result  # noqa: E402
 from reproduce.probes.memory_std import diagnose  # noqa: E402
-from reproduce.report import eval_records, read_jsonl  # noqa: E402
 
 
 def main(pairs: list[str]) -> None:
@@ -30,7 +30,7 @@ def main(pairs: list[str]) -> None:
     for pair in pairs:
         pre, ft = (Path(p) for p in pair.split(":"))
         d = diagnose(pre)
-        ap50 = eval_records(read_jsonl(ft / "log.jsonl"))[-1]["AP50"]
+        ap50 = ft_result(ft / "log.jsonl")["AP50"]
         rows.append((d["memory_token_std"], d["patch_iou"], ap50))
         print(f"| {pre} | {d['memory_token_std']:.2f} | {d['patch_iou']:.3f} | {ap50:.1f} |")
     ap = [r[2] for r in rows]

@@ -28,7 +28,15 @@ from .localization import (
     localize_patches,
 )
 from .paper import CLAIM_KEYS, CLAIMS, PAPER, TABLE_METRICS, TABLE_TITLES
-from .runs import RunData, curve, eval_records, final_metrics, load_run, normalize_metrics
+from .runs import (
+    RunData,
+    curve,
+    eval_records,
+    final_metrics,
+    load_run,
+    normalize_metrics,
+    run_config,
+)
 from .summary import (
     cnn_probe_text,
     fig6_text,
@@ -51,6 +59,7 @@ from .tables import (
 
 # the report's public names, one import away (notebooks and tests use ``report.X``)
 __all__ = [
+    "run_config",
     "ArmResult",
     "_plt",
     "CLAIMS",

@@ -19,12 +19,12 @@ def load_pretext_model(run_dir: str | Path, checkpoint: str = "last.pth"):
     the run's ``model.backbone_weights``."""
     import torch
 
-    from updetr_lite.config import Config
     from updetr_lite.models.build import build_updetr
 
+    from .runs import run_config
+
     run_dir = Path(run_dir)
-    d = json.loads((run_dir / "config.json").read_text())
-    cfg = Config.from_dict(d.get("config", d))
+    cfg = run_config(run_dir)
     cnn_file = cfg.model.backbone_weights
     cfg.model.backbone_weights = None
     model = build_updetr(cfg)

@@ -64,6 +64,14 @@ class RunData:
         )
 
 
+def run_config(run_dir: str | Path):
+    """The resolved ``updetr_lite.config.Config`` of a run folder (its config.json)."""
+    from updetr_lite.config import Config
+
+    d = json.loads((Path(run_dir) / "config.json").read_text())
+    return Config.from_dict(d.get("config", d))
+
+
 def load_run(out_root: str | Path, name: str) -> RunData:
     path = Path(out_root) / name
     if not path.is_dir():
