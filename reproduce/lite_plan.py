@@ -104,6 +104,9 @@ def small_plan(scale: str) -> Plan:
     ft_b = tuple(ft("norec", s, abl_b[s]) for s in SEEDS)
     ft_a = tuple(ft("unfrozen_norec", s, abl_a[s]) for s in SEEDS)
     ft_c = tuple(ft("unfrozen", s, abl_c[s]) for s in SEEDS)
+    # the authors' release does not shuffle the object queries (the paper and the preset do)
+    pre_noshuf = [pre("pre_noshuffle", s, crop, "pretext.query_shuffle=False") for s in SEEDS]
+    ft_noshuf = tuple(ft("noshuffle", s, pre_noshuf[s]) for s in SEEDS)
     runs["localize"] = Run("localize", "localize", needs=tuple(pre_crop) + nomask)
     runs["report"] = Run("report", "report")
 
@@ -131,14 +134,21 @@ def small_plan(scale: str) -> Plan:
             ("(c) CNN trains, reconstruction", ft_c),
             ("(d) frozen CNN, reconstruction", ft_crop),
         )
-        # the lite variant of the patch feature, beside the paper's (d)
+        # the lite variant of the patch feature and the authors' release's pretext, beside
+        # the paper's (d)
         + [
             Row(
                 "(e) = (d) with the 'roi' patch feature",
                 ft_roi,
                 None,
                 (detr, "(d) frozen CNN, reconstruction"),
-            )
+            ),
+            Row(
+                "(f) = (d) without the object query shuffle (the authors' release)",
+                ft_noshuf,
+                None,
+                (detr, "(d) frozen CNN, reconstruction"),
+            ),
         ],
         "fig6": [
             Row("with attention mask", tuple(pre_crop)),
