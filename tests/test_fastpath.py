@@ -164,6 +164,31 @@ def test_fast_dropout_drops_the_stated_share_and_keeps_the_mean():
     assert torch.equal(g.grad, out.detach())  # gradient = the mask times the scale
 
 
+def test_fast_dropout_is_bitwise_the_mask_then_the_scale():
+    """The dropout's output and gradient are, bit for bit (signed zeros included), those of
+    the defining formula x * keep * scale, with keep rebuilt here from the same random words."""
+    from updetr_lite.fastpath import dropout
+
+    negative_zeros = 0
+    for shape in [(7, 13), (32, 64, 129), (5,)]:
+        x = torch.randn(shape, requires_grad=True)
+        g = torch.randn(shape)
+        torch.manual_seed(3)
+        y = dropout(x, 0.1)
+        y.backward(g)
+        torch.manual_seed(3)
+        n, drop = x.numel(), round(0.1 * 65536)
+        words = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), None)
+        keep = (words.view(torch.int16)[:n] >= drop - 32768).view(shape)
+        ref_x = x.detach().clone().requires_grad_()
+        ref = ref_x.mul(keep).mul_(65536 / (65536 - drop))
+        ref.backward(g)
+        assert torch.equal(y.detach().view(torch.int32), ref.detach().view(torch.int32))
+        assert torch.equal(x.grad.view(torch.int32), ref_x.grad.view(torch.int32))
+        negative_zeros += int(torch.signbit(y[y == 0]).sum())
+    assert negative_zeros > 0  # signed zeros were compared
+
+
 def test_written_out_attention_equals_multihead_attention():
     """Without dropout (p = 0 stand-in: same weights, dropout off) the fast attention gives
     nn.MultiheadAttention's output; with masks, padding and UP-DETR's group mask."""
