@@ -15,7 +15,8 @@ Scales:
   (``reproduce.lite_cnn``), LayerScale on the encoder blocks, cached CNN features and a
   cached bank of crop patch features, fp32 on every CPU, step budgets instead of epochs,
   N = 20 queries with M = 4 patches standing in for the paper's N = 100, M = 10; the 'roi'
-  patch feature runs beside the paper's crop.
+  patch feature runs beside the paper's crop, and the authors' release's unshuffled object
+  queries beside the paper's shuffle (Table 4's (e) and (f)).
 - ``smoke``: every lite run at toy size, for the tests.
 
 ``MAIN_ARTEFACTS`` is the README's main job (``bash run.sh``): the lite CNN, Table 1 /

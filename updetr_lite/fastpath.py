@@ -237,7 +237,8 @@ class MultiheadAttention(nn.MultiheadAttention):
                 scores = scores.masked_fill(attn_mask, float("-inf"))
             else:
                 scores = scores + attn_mask
-        if key_padding_mask is not None:
+        # a batch of equal-size images has no padding: skip the copy (the same result)
+        if key_padding_mask is not None and bool(key_padding_mask.any()):
             scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
         weights = dropout(scores.softmax(-1), self.dropout, True)
         return self.out_proj((weights @ v).transpose(1, 2).reshape(b, n, d)), None
