@@ -28,10 +28,11 @@
 # trains nothing and shows the main job's lite runs `pre_crop_s0` (with the mask) and
 # `pre_nomask_s0` (without), 1500 steps each; it says so below.
 #
-# **Run time** on 2 CPU cores: with `runs/main`, 7 s (measured with `updetr-lite notebooks --only 03,04,05,06`, kernel start included, on a 2-core
-# machine with one other job on the second core); without it, 813-858 s (two runs of
-# `updetr-lite notebooks --only 04` from a fresh clone, the same way: the embedded data, its feature caches and the
-# two `STEPS`-step runs, on the lite CNN that ships with the kit).
+# **Run time** on 2 CPU cores: with `runs/main`, 14 s (measured with `updetr-lite notebooks
+# --only 04,06`, kernel start included, on a quiet 2-core machine); without it, the time of
+# `updetr-lite notebooks --only 04` from a fresh clone, which builds the embedded data and its
+# feature caches and trains the two `STEPS`-step runs on the lite CNN that ships with the kit:
+# RUN_TIME_FRESH.
 #
 # **What to expect.** At the lite scale the two curves stay close: in the main job's three
 # seeds, the run without the mask is lower early in 2 of 3 and the run with it lower late in
