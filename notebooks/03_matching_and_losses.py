@@ -7,7 +7,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python (updetr-lite)
 #     language: python
@@ -17,8 +17,8 @@
 # %% [markdown]
 # # 3. Matching and losses
 #
-# **Run time:** 10 s (measured with `updetr-lite notebooks --only 03,04,05,06`, kernel start included, on a 2-core
-# machine with one other job on the second core) at the default
+# **Run time:** 10 s (measured with `updetr-lite notebooks --only 03,04,05,06`, kernel start
+# included, on a 2-core machine with one other job on the second core) at the default
 # setting: it loads a checkpoint and trains nothing.
 #
 # The model makes `N` predictions; the targets are the `M` query patch boxes. Which prediction

@@ -32,7 +32,7 @@
 # --only 04,06`, kernel start included, on a quiet 2-core machine); without it, the time of
 # `updetr-lite notebooks --only 04` from a fresh clone, which builds the embedded data and its
 # feature caches and trains the two `STEPS`-step runs on the lite CNN that ships with the kit:
-# RUN_TIME_FRESH.
+# 464 s (one run, on the same machine, with a half-minute test run beside it).
 #
 # **What to expect.** At the lite scale the two curves stay close: in the main job's three
 # seeds, the run without the mask is lower early in 2 of 3 and the run with it lower late in

@@ -31,10 +31,11 @@
 # lite fine-tunings `ft_scratch_s0` and `ft_crop_s0` (800 steps each, the latter from the
 # pre-training `pre_crop_s0`); it says so below.
 #
-# **Run time** on 2 CPU cores: with `runs/main`, 22 s (measured with `updetr-lite notebooks --only 03,04,05,06`, kernel start included, on a 2-core
-# machine with one other job on the second core); without it, 951-1032 s (two runs of
-# `updetr-lite notebooks --only 05` from a fresh clone right after notebook 4, whose pre-training caches it reuses;
-# the same way, one other job on the second core): the fine-tuning feature caches, one
+# **Run time** on 2 CPU cores: with `runs/main`, 22 s (measured with `updetr-lite notebooks
+# --only 03,04,05,06`, kernel start included, on a 2-core machine with one other job on the
+# second core); without it, 951-1032 s (two runs of `updetr-lite notebooks --only 05` from a
+# fresh clone right after notebook 4, whose pre-training caches it reuses; the same way, one
+# other job on the second core): the fine-tuning feature caches, one
 # pre-training and two fine-tunings on the lite CNN that ships with the kit. Without notebook
 # 4's caches, add the 5-6 minutes the query patch bank takes. One seed says little about the
 # gap between the arms: the main job's three seeds per arm are what say whether it is real

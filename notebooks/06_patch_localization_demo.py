@@ -17,8 +17,8 @@
 # %% [markdown]
 # # 6. Patch localization demo
 #
-# **Run time:** 9 s (measured with `updetr-lite notebooks --only 03,04,05,06`, kernel start included, on a 2-core
-# machine with one other job on the second core) at the default
+# **Run time:** 9 s (measured with `updetr-lite notebooks --only 03,04,05,06`, kernel start
+# included, on a 2-core machine with one other job on the second core) at the default
 # setting: it loads a checkpoint and trains nothing.
 #
 # Choose an image, choose query patches with the sliders (x, y, width, height), toggle the
