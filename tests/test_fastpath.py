@@ -166,13 +166,15 @@ def test_fast_dropout_drops_the_stated_share_and_keeps_the_mean():
 
 def test_fast_dropout_is_bitwise_the_mask_then_the_scale():
     """The dropout's output and gradient are, bit for bit (signed zeros included), those of
-    the defining formula x * keep * scale, with keep rebuilt here from the same random words."""
+    the defining formula x * keep * scale, with keep rebuilt here from the same random words;
+    in fp32 and in bf16 (where a bf16 mask holding the scale would round the scale)."""
     from updetr_lite.fastpath import dropout
 
     negative_zeros = 0
-    for shape in [(7, 13), (32, 64, 129), (5,)]:
-        x = torch.randn(shape, requires_grad=True)
-        g = torch.randn(shape)
+    f32, bf16 = torch.float32, torch.bfloat16
+    for shape, dtype in [((7, 13), f32), ((32, 64, 129), f32), ((5,), f32), ((9, 40), bf16)]:
+        x = torch.randn(shape, dtype=dtype, requires_grad=True)
+        g = torch.randn(shape, dtype=dtype)
         torch.manual_seed(3)
         y = dropout(x, 0.1)
         y.backward(g)
@@ -183,8 +185,9 @@ def test_fast_dropout_is_bitwise_the_mask_then_the_scale():
         ref_x = x.detach().clone().requires_grad_()
         ref = ref_x.mul(keep).mul_(65536 / (65536 - drop))
         ref.backward(g)
-        assert torch.equal(y.detach().view(torch.int32), ref.detach().view(torch.int32))
-        assert torch.equal(x.grad.view(torch.int32), ref_x.grad.view(torch.int32))
+        bits = torch.int32 if x.dtype == torch.float32 else torch.int16
+        assert torch.equal(y.detach().view(bits), ref.detach().view(bits))
+        assert torch.equal(x.grad.view(bits), ref_x.grad.view(bits))
         negative_zeros += int(torch.signbit(y[y == 0]).sum())
     assert negative_zeros > 0  # signed zeros were compared
 
