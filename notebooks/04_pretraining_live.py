@@ -192,21 +192,21 @@ results["mean_iou_after_training"] = float(state.result["iou"].mean())
 
 # %%
 held_out = localize.held_out_images(2 if SMOKE else 6)
-checkpoints_shown = {
-    "pre-trained above": (model, cfg),
-    "shipped with the kit": checkpoints.load_demo_model(checkpoints.SHIPPED_CHECKPOINT),
+shipped_model, shipped_cfg = checkpoints.load_demo_model(checkpoints.SHIPPED_CHECKPOINT)
+checkpoints_shown = {  # result key: (title, model, config)
+    "pretrained": ("pre-trained above", model, cfg),
+    "shipped": ("shipped with the kit", shipped_model, shipped_cfg),
 }
-fixed = localize.fixed_box_ious(held_out, per_image=4)
-results["held_out_fixed_box_iou"] = sum(fixed) / len(fixed)
 scene = next(iter(held_out.values()))
 fig, axes = plt.subplots(1, 2, figsize=(11, 5.5))
-for ax, (label, (m, c)) in zip(axes, checkpoints_shown.items()):
-    ious = localize.training_patches_check(m, c, held_out, per_image=4)
-    key = "held_out_iou_" + ("pretrained" if label.startswith("pre") else "shipped")
-    results[key] = sum(ious) / len(ious)
+for ax, (key, (label, m, c)) in zip(axes, checkpoints_shown.items()):
+    check = localize.held_out_check(m, c, held_out, per_image=4)
+    results[f"held_out_iou_{key}"] = check["mean_iou"]
+    results["held_out_fixed_box_iou"] = check["fixed_box_iou"]  # the same patches for both
     shown = widget.DemoState(m, c, scene, localize.training_patch_boxes(scene, 2, seed=0))
     widget.static_demo_figure(shown, ax=ax)
-    ax.set_title(f"{label}: mean IoU {results[key]:.2f} over {len(ious)} patches", fontsize=9)
+    title = f"{label}: mean IoU {check['mean_iou']:.2f} over {check['patches']} patches"
+    ax.set_title(title, fontsize=9)
 plt.tight_layout()
 plt.show()
 print(

@@ -144,13 +144,12 @@ if results["shipped_checkpoint"]:  # the same patches as its record, the same Io
 
 # %%
 held_out = localize.held_out_images(2 if SMOKE else 6)
-ious = localize.training_patches_check(model, cfg, held_out, per_image=4)
-fixed = localize.fixed_box_ious(held_out, per_image=4)
-results["iou_held_out_mean"] = sum(ious) / len(ious)
-results["iou_held_out_fixed_box_mean"] = sum(fixed) / len(fixed)
+check = localize.held_out_check(model, cfg, held_out, per_image=4)
+results["iou_held_out_mean"] = check["mean_iou"]
+results["iou_held_out_fixed_box_mean"] = check["fixed_box_iou"]
 print(
-    f"held-out scenes, {len(ious)} patches: mean IoU {results['iou_held_out_mean']:.3f} "
-    f"(one fixed box: {results['iou_held_out_fixed_box_mean']:.3f})"
+    f"held-out scenes, {check['patches']} patches: mean IoU {check['mean_iou']:.3f} "
+    f"(one fixed box: {check['fixed_box_iou']:.3f})"
 )
 k = min(4, cfg.pretext.num_patches)
 fig, axes = plt.subplots(1, 2, figsize=(10, 5))

@@ -616,6 +616,22 @@ def test_held_out_images_are_new_scenes():
     assert not np.array_equal(held["held-out 0"], held["held-out 1"])
 
 
+def test_held_out_check_is_the_two_means_on_the_same_patches():
+    from updetr_lite.tutorial import checkpoints
+
+    model, cfg = checkpoints.load_demo_model(checkpoints.SHIPPED_CHECKPOINT)
+    held = localize.held_out_images(1)
+    got = localize.held_out_check(model, cfg, held, per_image=3)
+    ious = [
+        localize.training_image_patch_check(model, cfg, held["held-out 0"], box)
+        for box in localize.training_patch_boxes(held["held-out 0"], 3, 0)
+    ]
+    fixed = localize.fixed_box_ious(held, per_image=3)
+    assert got["patches"] == 3
+    assert got["mean_iou"] == pytest.approx(sum(ious) / 3, abs=1e-6)
+    assert got["fixed_box_iou"] == pytest.approx(sum(fixed) / 3, abs=1e-6)
+
+
 def test_fixed_box_ious_by_the_formula():
     photos = {"a": np.zeros((90, 160, 3), np.uint8), "b": np.zeros((120, 120, 3), np.uint8)}
     got = localize.fixed_box_ious(photos, per_image=5, seed=2)

@@ -16,7 +16,6 @@ evaluation (``eval_every`` is raised past the run).
 from __future__ import annotations
 
 import argparse
-import importlib
 import shutil
 import statistics
 import sys
@@ -39,11 +38,10 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     from reproduce.report import run_config
+    from updetr_lite.engine import loop
+    from updetr_lite.engine.train import train
 
-    loop = importlib.import_module("updetr_lite.engine.loop")
-    train = importlib.import_module("updetr_lite.engine.train").train
-    cfg = run_config(Path(args.run_dir))
-    kind = args.kind
+    cfg, kind = run_config(Path(args.run_dir)), args.kind
     tc = cfg.pretrain if kind == "pretrain" else cfg.finetune
     tc.max_steps, tc.eval_every, tc.checkpoint_every = args.steps, 10**6, 10**6
     times: list[float] = []

@@ -9,7 +9,8 @@ and out, with or without the SimCLR-style augmentation of the patches.
 - ``training_patches_check``: the IoU on seeded patches of the photos (the shipped
   checkpoint's record, notebook 06);
 - ``held_out_images``, ``fixed_box_ious``: scenes no demo checkpoint trained on, and the IoU
-  that one fixed box scores on the same patches (what "finds its patch" must beat).
+  that one fixed box scores on the same patches (what "finds its patch" must beat);
+  ``held_out_check``: both means for one model (notebooks 04 and 06).
 
 Patch features: a checkpoint with ``patch_feature='crop'`` (the paper, the authors' release)
 runs the CNN on the resized crop; one with ``'roi'`` (the lite setting) pools the CNN feature
@@ -206,3 +207,16 @@ def fixed_box_ious(photos: dict[str, np.ndarray], per_image: int = 4, seed: int 
         fixed = [(0.5 - mw / 2) * w, (0.5 - mh / 2) * h, (0.5 + mw / 2) * w, (0.5 + mh / 2) * h]
         ious.append(float(box_iou(torch.tensor([fixed]), torch.tensor([box]))[0, 0]))
     return ious
+
+
+def held_out_check(model, cfg: Config, images: dict[str, np.ndarray], per_image: int = 4) -> dict:
+    """Mean IoU of the model's box with each of ``per_image`` seeded patches of every image
+    (``training_patches_check``), beside the mean of one fixed box on the same patches
+    (``fixed_box_ious``): {'mean_iou', 'fixed_box_iou', 'patches'}."""
+    ious = training_patches_check(model, cfg, images, per_image)
+    fixed = fixed_box_ious(images, per_image)
+    return {
+        "mean_iou": sum(ious) / len(ious),
+        "fixed_box_iou": sum(fixed) / len(fixed),
+        "patches": len(ious),
+    }
