@@ -2,12 +2,14 @@
 of the lite preset with ``--set`` overrides, timed, its numbers appended to a JSON-lines log.
 
     python reproduce/probes/lite_search.py NAME [--pre PRE_STEPS] [--ft FT_STEPS]
-        [--init RUN_NAME] [--seed S] [--no-bf16] [--set section.field=value ...]
+        [--init RUN_NAME] [--seed S] [--set section.field=value ...]
 
 Runs go to runs/probes/NAME/{pre,ft}; ``--init`` fine-tunes from runs/probes/RUN/pre/last.pth;
 the fine-tuning schedule is the main job's rule (lr x0.1 at 80 %, COCOeval every other
-epoch). ``--no-bf16`` makes the fast path behave as on a CPU without AVX-512 BF16 (the frozen
-CNN in fp32), and uses its own feature cache. Records go to runs/probes/results.jsonl.
+epoch). The CNN is the lite preset's (the shipped lite CNN, fp32) unless ``--set
+model.backbone_weights=...`` says otherwise; the feature caches are the main job's
+(.cache/updetr_lite). Records go to runs/probes/results.jsonl. The log's earliest rows were
+made with an older CNN in runs/lite/cnn and a bf16 switch this script no longer has.
 """
 
 from __future__ import annotations
@@ -63,20 +65,14 @@ def main(argv=None) -> int:
     ap.add_argument("--ft", type=int, default=0, help="fine-tuning steps (0: none)")
     ap.add_argument("--init", default=None, help="probe whose pre/last.pth starts fine-tuning")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--no-bf16", action="store_true")
     ap.add_argument("--set", nargs="*", default=[], dest="overrides")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    cache = ROOT / ".cache" / ("updetr_lite_fp32" if args.no_bf16 else "updetr_lite")
-    cnn = ROOT / "runs" / "lite" / ("cnn_fp32" if args.no_bf16 else "cnn") / "cnn.pth"
-    if args.no_bf16:
-        fastpath.bf16_supported = lambda device: False
-    base = [f"data.cache_dir={cache}", f"model.backbone_weights={cnn}", "data.num_workers=0"]
+    base = [f"data.cache_dir={ROOT / '.cache' / 'updetr_lite'}", "data.num_workers=0"]
     out = PROBES / args.name
     rec = {"name": args.name, "overrides": args.overrides, "seed": args.seed}
     # the frozen CNN's precision as the runs resolve it (model.cnn_bf16; None: the hardware's)
-    want = get_config("lite", args.overrides).model.cnn_bf16
-    rec["bf16"] = not args.no_bf16 and fastpath.cnn_bf16(want, "cpu")
+    rec["bf16"] = fastpath.cnn_bf16(get_config("lite", args.overrides).model.cnn_bf16, "cpu")
     init = None
     if args.init:
         init = PROBES / args.init / "pre" / "last.pth"
