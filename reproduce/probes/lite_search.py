@@ -8,8 +8,7 @@ Runs go to runs/probes/NAME/{pre,ft}; ``--init`` fine-tunes from runs/probes/RUN
 the fine-tuning schedule is the main job's rule (lr x0.1 at 80 %, COCOeval every other
 epoch). The CNN is the lite preset's (the shipped lite CNN, fp32) unless ``--set
 model.backbone_weights=...`` says otherwise; the feature caches are the main job's
-(.cache/updetr_lite). Records go to runs/probes/results.jsonl. The log's earliest rows were
-made with an older CNN in runs/lite/cnn and a bf16 switch this script no longer has.
+(.cache/updetr_lite). Records go to runs/probes/results.jsonl.
 """
 
 from __future__ import annotations
